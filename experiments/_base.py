@@ -1,0 +1,32 @@
+"""The defaults every experiment starts from; each experiment changes a few fields."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = ""  # Set from the module name by experiments.get_config.
+    config.seed = 0
+    config.data = ml_collections.ConfigDict({"name": "mnist1d"})
+    config.model = ml_collections.ConfigDict({"name": "mlp"})
+    config.optim = ml_collections.ConfigDict(dict(
+        optimizer="adamw",
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        b1=0.9,
+        b2=0.999,
+        schedule="cosine",
+        warmup_steps=100,
+        end_learning_rate_factor=0.0,
+        grad_clip_norm=1.0,  # Clip by global norm; 0 turns clipping off.
+    ))
+    config.train = ml_collections.ConfigDict(dict(
+        steps=2000,
+        batch_size=128,
+        eval_batch_size=500,
+        log_every=100,
+        eval_every=500,
+        checkpoint_every=1000,  # 0: only the final checkpoint.
+        keep_checkpoints=2,
+    ))
+    return config

@@ -1,0 +1,67 @@
+"""Input validation shared by every public module.
+
+Each helper raises `ValueError` whose message names the module, what arrived and what was expected, so a
+user never meets an XLA broadcasting trace for a wrong input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def fail(module: str, what: str, got, expected) -> None:
+    """Raises the project's standard error: `<module>: <what> is <got>, expected <expected>`."""
+    raise ValueError(f"{module}: {what} is {got}, expected {expected}")
+
+
+def check_rank(module: str, name: str, x, ranks: int | Iterable[int], layout: str = "") -> None:
+    """Checks `x.ndim` is one of `ranks`; `layout` (e.g. "[batch, *spatial, features]") goes in the message."""
+    allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    ndim = np.ndim(x)
+    if ndim not in allowed:
+        shape = tuple(np.shape(x))
+        want = " or ".join(str(r) for r in allowed)
+        suffix = f" {layout}" if layout else ""
+        fail(module, f"{name} rank", f"{ndim} (shape {shape})", f"rank {want}{suffix}")
+
+
+def check_axis_size(module: str, name: str, x, axis: int, size: int, meaning: str = "features") -> None:
+    """Checks `x.shape[axis] == size`."""
+    shape = tuple(np.shape(x))
+    if shape[axis] != size:
+        fail(module, f"{name} {meaning} (axis {axis})", f"{shape[axis]} (shape {shape})", str(size))
+
+
+def check_floating(module: str, name: str, x) -> None:
+    """Checks that `x` has a floating dtype (float16, bfloat16, float32, float64)."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        fail(module, f"{name} dtype", str(dtype), "a floating dtype (float32, bfloat16, float16, float64)")
+
+
+def check_integer(module: str, name: str, x) -> None:
+    """Checks that `x` has an integer dtype."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        fail(module, f"{name} dtype", str(dtype), "an integer dtype")
+
+
+def check_positive_ints(module: str, name: str, values: Sequence[int] | int) -> tuple[int, ...]:
+    """Normalises an int or a sequence of ints to a tuple and checks every entry is >= 1."""
+    seq = (values,) if isinstance(values, (int, np.integer)) else tuple(values)
+    if not seq or any((not isinstance(v, (int, np.integer))) or v < 1 for v in seq):
+        fail(module, name, repr(values), "a positive int or a non-empty sequence of positive ints")
+    return tuple(int(v) for v in seq)
+
+
+def check_broadcastable(module: str, name: str, shape: Sequence[int], target: Sequence[int],
+                                                target_desc: str) -> None:
+    """Checks that `shape` broadcasts to `target` (numpy rules, no rank promotion beyond the target's rank)."""
+    shape, target = tuple(shape), tuple(target)
+    ok = len(shape) <= len(target) and all(
+            s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+    if not ok:
+        fail(module, f"{name} shape", str(shape), f"broadcastable to {target} {target_desc}")

@@ -1,0 +1,79 @@
+"""The `jaxarch` command: list, run and tour the experiments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from jaxarch import experiments
+
+    for name in experiments.names():
+        print(f"{name:<24} {experiments.summary(name)}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from jaxarch import experiments
+    from jaxarch.train import train_and_evaluate, validate_config
+    from jaxarch.train.configure import override_config
+
+    config = override_config(experiments.get_config(args.name), args.overrides)
+    validate_config(config)
+    workdir = Path(args.workdir or Path("runs") / args.name)
+    if args.restart and workdir.exists():
+        shutil.rmtree(workdir)
+    result = train_and_evaluate(config, workdir, progress=args.progress)
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_tour(args: argparse.Namespace) -> int:
+    from jaxarch.tour import format_table, run_tour
+
+    results = run_tour(Path(args.workdir), progress=args.progress)
+    print(format_table(results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxarch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="print the experiments").set_defaults(func=_cmd_list)
+
+    run = sub.add_parser("run", help="run one experiment; the last stdout line is a JSON of final metrics")
+    run.add_argument("name", help="experiment name, see `jaxarch list`")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its checkpoints")
+    run.add_argument("--restart", action="store_true", help="delete the work directory's contents first")
+    run.set_defaults(func=_cmd_run)
+
+    tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
+    tour.add_argument("--workdir", default="runs/tour")
+    tour.set_defaults(func=_cmd_tour)
+
+    for command in (run, tour):
+        command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                             help="show a progress bar (default: only on a terminal)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        # Configuration and input errors are the user's to fix: show the message, not a traceback.
+        print(f"jaxarch: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

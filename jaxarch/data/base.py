@@ -1,0 +1,164 @@
+"""The dataset protocol every task implements, and the in-memory array dataset used by the fixed benchmarks.
+
+Batches are a pure function of `(seed, step)`: the data order is deterministic from the seed, and the
+iterator position is just the step number, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+# An augmentation maps (rng, inputs [batch, ...]) -> inputs of the same shape.
+Augmentation = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+
+
+class Dataset(Protocol):
+    """What the training loop needs from a data source."""
+
+    name: str
+    task: str  # key into jaxarch.train.tasks.TASKS: "classification", "regression", ...
+    num_outputs: int  # classes for classification, output units for regression
+    input_shape: tuple[int, ...]  # one example, without the batch axis
+
+    def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
+        """The training batch for `step`: {"inputs", "targets"}."""
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Fixed evaluation batches, padded to `batch_size`, with a boolean "mask" marking real examples."""
+
+    def split_names(self) -> tuple[str, ...]:
+        """The evaluation splits, e.g. ("test",)."""
+
+
+def batch_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    """An independent NumPy generator for (seed, step, stream): streams separate order from augmentation."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, step]))
+
+
+_ORDER_STREAM, _AUGMENT_STREAM = 0, 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """A fixed train/test split held in memory; epochs are fresh permutations drawn from the seed.
+
+    Attributes:
+      train_inputs: [num_train, *input_shape] float32.
+      train_targets: [num_train] int32 class labels (or [num_train, ...] for regression).
+      splits: evaluation splits by name, each a pair (inputs, targets).
+    """
+
+    name: str
+    task: str
+    num_outputs: int
+    train_inputs: np.ndarray
+    train_targets: np.ndarray
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    augment: Augmentation | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_inputs.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_inputs)
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        return batch_rng(seed, epoch, _ORDER_STREAM).permutation(self.num_train)
+
+    def train_indices(self, seed: int, step: int, batch_size: int) -> np.ndarray:
+        """Indices of batch `step`: position p of the infinite stream is epoch p // n, slot p % n."""
+        positions = np.arange(step * batch_size, (step + 1) * batch_size)
+        epochs, slots = np.divmod(positions, self.num_train)
+        indices = np.empty(batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            indices[here] = self.epoch_order(seed, int(epoch))[slots[here]]
+        return indices
+
+    def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
+        idx = self.train_indices(seed, step, batch_size)
+        inputs = self.train_inputs[idx]
+        if self.augment is not None:
+            inputs = self.augment(batch_rng(seed, step, _AUGMENT_STREAM), inputs)
+        return {"inputs": inputs, "targets": self.train_targets[idx]}
+
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(self.splits)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: split {split!r} is unknown, expected one of {list(self.splits)}")
+        inputs, targets = self.splits[split]
+        yield from padded_batches(inputs, targets, batch_size)
+
+
+def padded_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    """Fixed-size batches (so eval compiles once); the last is padded and "mask" marks real rows."""
+    for start in range(0, len(inputs), batch_size):
+        x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
+        real = len(x)
+        pad = batch_size - real
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
+        yield {"inputs": x, "targets": y, "mask": np.arange(batch_size) < real}
+
+
+def random_shift(max_shift: int, axes: tuple[int, ...]) -> Augmentation:
+    """Shifts each example by an independent integer offset in [-max_shift, max_shift] along each of `axes`
+    (axes of one example, 0-based, excluding the batch axis), filling the vacated border with zeros."""
+
+    def augment(rng: np.random.Generator, inputs: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(inputs)
+        offsets = rng.integers(-max_shift, max_shift + 1, size=(len(inputs), len(axes)))
+        for i, shifts in enumerate(offsets):
+            src = [slice(None)] * (inputs.ndim - 1)
+            dst = [slice(None)] * (inputs.ndim - 1)
+            for axis, shift in zip(axes, shifts):
+                size = inputs.shape[axis + 1]
+                src[axis] = slice(max(0, -shift), size - max(0, shift))
+                dst[axis] = slice(max(0, shift), size - max(0, -shift))
+            out[(i, *dst)] = inputs[(i, *src)]
+        return out
+
+    return augment
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are cached: $JAXARCH_CACHE, else $XDG_CACHE_HOME/jaxarch, else ~/.cache/jaxarch."""
+    if "JAXARCH_CACHE" in os.environ:
+        return Path(os.environ["JAXARCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxarch"
+
+
+def cached_arrays(name: str, key: dict, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Returns `build()`'s arrays, cached in an .npz named by a hash of `key`; written atomically."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"{name}-{digest}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as stored:
+                return {k: stored[k] for k in stored.files}
+        except (OSError, ValueError):
+            pass  # A damaged cache file is rebuilt below.
+    arrays = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # A read-only cache location costs a regeneration next time, nothing more.
+    return arrays

@@ -1,0 +1,48 @@
+"""Fully connected baselines: logistic regression and the multilayer perceptron."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxarch.checks import check_floating, check_rank
+from jaxarch.models.common import activation
+from jaxarch.models.registry import MODELS
+
+
+@MODELS.register("logreg")
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression: one Dense layer on the flattened input. x: [batch, ...] -> logits."""
+
+    num_outputs: int
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        del train  # No dropout or normalisation: train and eval behave the same.
+        check_rank("LogisticRegression", "input", x, range(2, 6), "[batch, *features]")
+        check_floating("LogisticRegression", "input", x)
+        return nn.Dense(self.num_outputs, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+
+
+@MODELS.register("mlp")
+class MLP(nn.Module):
+    """Dense layers with a nonlinearity between them. x: [batch, ...] (flattened) -> [batch, num_outputs]."""
+
+    num_outputs: int
+    hidden_sizes: tuple[int, ...] = (100, 100)  # The MNIST-1D paper's MLP: two hidden layers of 100.
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_rank("MLP", "input", x, range(2, 6), "[batch, *features]")
+        check_floating("MLP", "input", x)
+        act = activation("MLP", self.activation)
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden_sizes:
+            x = act(nn.Dense(width, dtype=self.dtype)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_outputs, dtype=self.dtype)(x)

@@ -1,0 +1,61 @@
+"""A run's files in its work directory: config.json, metrics.jsonl and learning_curve.png."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import ml_collections
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl; on resume, drops records after the resumed step so
+    that no step appears twice."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, **values: float) -> None:
+        record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                   for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
+    """Training loss (and every evaluation metric) against step, one panel per quantity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in records for k in r if k != "step" and "/" in k
+                   and not k.endswith(("steps_per_second", "learning_rate", "grad_norm"))})
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        if key.endswith("loss") and all(v > 0 for _, v in points):
+            ax.set_yscale("log")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

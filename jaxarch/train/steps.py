@@ -1,0 +1,67 @@
+"""Jitted train and eval steps; the train step donates the state's buffers.
+
+One compiled call per step, on purpose: fusing several steps into one call with `lax.scan` was measured
+20x slower for a small 1-D CNN on XLA's CPU backend (convolutions inside a loop body lose their fast
+path), while the per-call dispatch cost it would save is tens of microseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxarch.train.state import TrainState
+from jaxarch.train.tasks import Task
+
+Metrics = dict[str, jax.Array]
+
+
+def make_train_step(task: Task, *, jit: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
+    """One optimisation step: (state, batch) -> (state, {"loss", "grad_norm"}), jitted with the state donated."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+        mutable = list(state.model_state)
+
+        def loss_fn(params):
+            variables = {"params": params, **state.model_state}
+            outputs = state.apply_fn(variables, batch["inputs"], train=True, rngs={"dropout": dropout_rng},
+                                     mutable=mutable or False)
+            logits, new_model_state = outputs if mutable else (outputs, {})
+            loss = jnp.mean(task.per_example(logits, batch["targets"])["loss"])
+            return loss, new_model_state
+
+        (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, model_state=new_model_state)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(task: Task) -> Callable[[TrainState, dict], Metrics]:
+    """Jitted: (state, batch with "mask") -> summed metrics and the example count, for exact averaging."""
+
+    def eval_step(state: TrainState, batch: dict) -> Metrics:
+        variables = {"params": state.params, **state.model_state}
+        outputs = state.apply_fn(variables, batch["inputs"], train=False)
+        per_example = task.per_example(outputs, batch["targets"])
+        mask = batch["mask"].astype(jnp.float32)
+        sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
+        sums["count"] = jnp.sum(mask)
+        return sums
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, state: TrainState, batches) -> dict[str, float]:
+    """Exact means over a split's padded batches."""
+    totals: dict[str, float] = {}
+    for batch in batches:
+        for name, value in eval_step(state, batch).items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    count = totals.pop("count")
+    return {name: total / count for name, total in totals.items()}

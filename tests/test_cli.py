@@ -1,0 +1,72 @@
+"""The `jaxarch` command: list, run (final JSON line), and override errors that name the valid keys."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxarch import experiments
+from jaxarch.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("JAXARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_list_prints_every_experiment(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ["mnist1d-logreg", "mnist1d-mlp", "mnist1d-cnn", "mnist1d-cnn-shuffled", "digits-cnn"]:
+        assert name in out
+    assert len(out.strip().splitlines()) == len(experiments.names())
+
+
+def test_run_ends_with_a_json_line_of_final_metrics(tmp_path, capsys):
+    code = main(["run", "mnist1d-logreg", "train.steps=20", "train.eval_every=0", "train.log_every=10",
+                 "--workdir", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result["experiment"] == "mnist1d-logreg"
+    assert {"test_accuracy", "params", "train_seconds"} <= set(result)
+    assert result["params"] == 40 * 10 + 10
+
+
+def test_run_again_resumes_and_restart_starts_over(tmp_path, capsys):
+    args = ["run", "mnist1d-logreg", "train.steps=20", "train.eval_every=0", "--workdir", str(tmp_path),
+            "--no-progress"]
+    main(args)
+    main(args)
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["resumed_from"] == 20
+    assert "resuming mnist1d-logreg from the checkpoint at step 20" in captured.err
+    main([*args, "--restart"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["resumed_from"] is None
+
+
+def test_unknown_override_key_is_an_error_listing_valid_keys(tmp_path, capsys):
+    code = main(["run", "mnist1d-cnn", "train.stepz=3", "--workdir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.stepz'" in err and "did you mean train.steps" in err and "optim.learning_rate" in err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_unknown_experiment_is_an_error(capsys):
+    assert main(["run", "no-such-experiment"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "jaxarch.cli", "list"], capture_output=True, text=True, check=True)
+    assert "mnist1d-cnn" in out.stdout
+
+
+def test_tour_table_has_published_numbers():
+    from jaxarch.tour import ROWS, format_table
+
+    results = [(row, {"params": 10, "test_accuracy": 0.5, "train_seconds": 1.0}) for row in ROWS]
+    table = format_table(results)
+    assert "94%" in table and "68%" in table and "32%" in table and "human" in table and "50.0%" in table
