@@ -1,9 +1,16 @@
-"""Datasets that work offline: MNIST-1D (procedural), scikit-learn's digits, synthetic tasks, text."""
+"""Datasets that work offline: MNIST-1D (procedural), scikit-learn's digits, synthetic tasks, text.
 
-from jaxarch.data import digits as _digits  # noqa: F401  (registers "digits")
-from jaxarch.data import mnist1d as _mnist1d  # noqa: F401  (registers "mnist1d")
+Every module in this package is imported here, so a new dataset file registers itself by being added.
+"""
+
+import importlib
+import pkgutil
+
 from jaxarch.data.base import ArrayDataset, Batch, Dataset, padded_batches, random_shift
 from jaxarch.data.registry import DATASETS
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:

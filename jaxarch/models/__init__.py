@@ -1,10 +1,18 @@
-"""Models composed from jaxarch layers, each registered by name in `MODELS`."""
+"""Models composed from jaxarch layers, each registered by name in `MODELS`.
 
-from jaxarch.models import cnn as _cnn  # noqa: F401  (registers "cnn")
-from jaxarch.models import mlp as _mlp  # noqa: F401  (registers "logreg", "mlp")
-from jaxarch.models.cnn import CNN
-from jaxarch.models.mlp import MLP, LogisticRegression
+Every module in this package is imported here, so a new model file registers itself by being added.
+"""
+
+import importlib
+import pkgutil
+
 from jaxarch.models.registry import MODELS
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")
+
+from jaxarch.models.cnn import CNN  # noqa: E402
+from jaxarch.models.mlp import MLP, LogisticRegression  # noqa: E402
 
 
 def build_model(name: str, num_outputs: int, **options):
