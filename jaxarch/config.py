@@ -114,7 +114,10 @@ def call_with_options(what: str, factory: Callable, options: Mapping[str, Any], 
     accepted = accepted_options(factory)
     if accepted is not None:
         for key in options:
-            if key not in accepted or key in fixed:
+            if key in fixed:
+                raise ValueError(f"{what}: option {key!r} is set by the dataset ({fixed[key]!r}), expected it "
+                                 "to be left out of the config")
+            if key not in accepted:
                 valid = sorted(k for k in accepted if k not in fixed)
                 raise ValueError(f"{what}: unknown option {key!r}{_nearest(key, valid)}; valid options are: "
                                  f"{', '.join(valid)}")

@@ -7,6 +7,7 @@ from jaxarch.layers.pooling import (adaptive_avg_pool, adaptive_max_pool, avg_po
                                     global_max_pool, max_pool, min_pool)
 from jaxarch.layers.position import (LearnedPositionEmbedding, RoPEConfig, alibi_bias, alibi_slopes, apply_rope,
                                      sinusoidal_positions)
+from jaxarch.layers.recurrent import CELLS, RNN, Bidirectional, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
 from jaxarch.layers.transformer import DecoderBlock, EncoderBlock, MLPBlock, TransformerDecoder, TransformerEncoder
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "MultiHeadAttention", "causal_mask", "combine_masks", "dot_product_attention", "padding_mask",
     "sliding_window_mask",
     "LearnedPositionEmbedding", "RoPEConfig", "alibi_bias", "alibi_slopes", "apply_rope", "sinusoidal_positions",
+    "CELLS", "RNN", "Bidirectional", "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNN",
     "DecoderBlock", "EncoderBlock", "MLPBlock", "TransformerDecoder", "TransformerEncoder",
 ]

@@ -12,7 +12,7 @@ from jaxarch.models import MODELS
 
 # Sections whose `name` picks a registered factory; their other keys are that factory's options.
 _FACTORY_SECTIONS = {"model": MODELS, "data": DATASETS}
-_SUPPLIED_BY_LOOP = ("num_outputs",)
+_SUPPLIED_BY_LOOP = ("num_outputs", "vocab_size")  # Taken from the dataset.
 
 
 def override_config(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:

@@ -66,7 +66,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     start_wall = time.perf_counter()
 
     dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
-    model = build_model(config.model.name, dataset.num_outputs,
+    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
                         **{k: v for k, v in config.model.items() if k != "name"})
     task = TASKS.get(dataset.task)
     train, seed = config.train, config.seed
@@ -132,6 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     checkpointer.close()
     plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
 
+    sample = _maybe_sample(config, dataset, state, workdir)
     trained_steps = train.steps - (resume_step or 0)
     result = {
         "experiment": config.name,
@@ -144,4 +145,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         "resumed_from": resume_step,
         "workdir": str(workdir),
     }
+    if sample is not None:
+        result["sample"] = sample
     return result
+
+
+def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState, workdir: Path) -> str | None:
+    """For language models (configs with a `sample` section and a dataset that decodes ids): a text sample,
+    written to sample.txt and shown on stderr."""
+    if "sample" not in config or not hasattr(dataset, "decode"):
+        return None
+    from jaxarch.sampling import sample_by_recompute
+
+    variables = {"params": state.params, **state.model_state}
+    prompt = dataset.encode(config.sample.prompt) if config.sample.prompt else dataset.train_ids[:1]
+    ids = sample_by_recompute(state.apply_fn, variables, prompt, config.sample.num_tokens,
+                              window=dataset.seq_len, rng=jax.random.PRNGKey(config.seed),
+                              temperature=config.sample.temperature)
+    text = config.sample.prompt + dataset.decode(ids)
+    (workdir / "sample.txt").write_text(text)
+    print(f"[jaxarch] sample from {config.name}:\n{text}", file=sys.stderr)
+    return text

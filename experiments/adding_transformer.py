@@ -1,0 +1,23 @@
+"""The adding problem at T = 600 (data.seq_len= overridable) with a one-layer Transformer encoder.
+
+Command: jaxarch run adding-transformer
+Wall time: MEASURE.
+Expected: MEASURE (predicting 1 scores 0.167).
+"""
+
+from jaxarch.experiments import _attention
+
+
+def get_config():
+    config = _attention.sequence_encoder({"name": "adding", "seq_len": 600})
+    config.model.embed_dim = 32
+    config.model.num_layers = 1
+    config.model.num_heads = 2
+    config.model.positions = "none"
+    config.optim.weight_decay = 0.0
+    config.optim.learning_rate = 2e-3
+    config.train.batch_size = 32
+    config.train.steps = 1000
+    config.train.eval_every = 0
+    config.train.eval_batch_size = 250
+    return config

@@ -1,0 +1,56 @@
+"""Recurrent models: a stack of RNN/LSTM/GRU layers with a classification, regression or per-position head."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxarch.checks import fail
+from jaxarch.layers.recurrent import CELLS, StackedRNN
+from jaxarch.models.registry import MODELS
+from jaxarch.models.sequence_input import embed_or_check
+
+_READOUTS = ("last", "mean", "sequence")
+
+
+@MODELS.register("rnn")
+class RecurrentNet(nn.Module):
+    """inputs: [batch, time, features] floats, or [batch, time] token ids when `vocab_size` > 0.
+
+    returns: [batch, num_outputs] for readout "last" (the final hidden state; forward-final and
+    backward-final concatenated when bidirectional) or "mean" (over time); [batch, time, num_outputs] for
+    "sequence" (language models, the copy task).
+    """
+
+    num_outputs: int
+    cell: str = "lstm"  # "rnn" (tanh), "lstm" or "gru".
+    hidden_sizes: tuple[int, ...] = (128,)
+    bidirectional: bool = False
+    dropout_rate: float = 0.0  # Between layers and before the head.
+    residual: bool = False
+    readout: str = "last"
+    vocab_size: int = 0
+    embed_dim: int = 32
+    unroll: int = 1
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.cell not in CELLS:
+            fail("RecurrentNet", "cell", repr(self.cell), f"one of {sorted(CELLS)}")
+        if self.readout not in _READOUTS:
+            fail("RecurrentNet", "readout", repr(self.readout), f"one of {list(_READOUTS)}")
+        x = embed_or_check("RecurrentNet", x, self.vocab_size, self.embed_dim, self.dtype)
+        cell_type = lambda features, **kw: CELLS[self.cell](features, dtype=self.dtype, **kw)
+        y = StackedRNN(cell_type, self.hidden_sizes, bidirectional=self.bidirectional,
+                       dropout_rate=self.dropout_rate, residual=self.residual, unroll=self.unroll)(
+                           x, deterministic=not train)
+        if self.readout == "last":
+            hidden = self.hidden_sizes[-1]
+            # The backward direction has read the whole sequence when it reaches position 0.
+            y = jnp.concatenate([y[:, -1, :hidden], y[:, 0, hidden:]], -1) if self.bidirectional else y[:, -1]
+        elif self.readout == "mean":
+            y = jnp.mean(y, axis=1)
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(y)
