@@ -52,6 +52,31 @@ def time_callable(fn: Callable[[], None], *, repetitions: int = 20, warmup: int 
     return Timing(first, statistics.median(times), repetitions)
 
 
+def time_interleaved(steps: dict[str, Callable[[], None]], *, rounds: int = 5, repetitions: int = 4,
+                     warmup: int = 2) -> dict[str, Timing]:
+    """Times several self-synchronising step callables side by side: `rounds` passes over all of them, each
+    running `repetitions` timed calls, so that load from other jobs on a shared machine hits every variant alike.
+
+    The first call of each (compilation, for jitted steps) is timed apart, then `warmup` untimed calls; the result
+    holds the median over `rounds * repetitions` calls.
+    """
+    compile_seconds = {}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        step()
+        compile_seconds[name] = time.perf_counter() - start
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(repetitions):
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    return {name: Timing(compile_seconds[name], statistics.median(times[name]), len(times[name])) for name in steps}
+
+
 def matmul_ceiling_flops(dtype=jnp.float32, size: int = 2048, repetitions: int = 10) -> float:
     """The device's achievable matmul FLOP/s in `dtype`: a [size, size] @ [size, size] product, 2 n^3 FLOPs."""
     a = jnp.ones((size, size), dtype)

@@ -39,5 +39,5 @@ def vit(data: dict):
     config.model = {"name": "vit", "embed_dim": 64, "num_layers": 3, "num_heads": 4, "patch_size": 4,
                     "pooling": "cls", "positions": "learned"}
     config.optim.learning_rate = 1e-3
-    config.train.steps = 3000
+    config.train.steps = 600
     return config

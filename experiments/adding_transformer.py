@@ -1,8 +1,11 @@
 """The adding problem at T = 600 (data.seq_len= overridable) with a one-layer Transformer encoder.
 
+No positions: the target is a sum over marked steps, invariant to their order, so mean pooling suffices.
+
 Command: jaxarch run adding-transformer
-Wall time: MEASURE.
-Expected: MEASURE (predicting 1 scores 0.167).
+Wall time: not measured to the end; 0.6 steps/s on a loaded shared 2-core CPU (1000 steps: ~25 min there).
+Expected: target test MSE <= 1e-3, not yet measured (train MSE 0.61 at step 100, warm-up; predicting 1 scores
+0.167).
 """
 
 from jaxarch.experiments import _attention

@@ -1,8 +1,9 @@
-"""A character-level GPT on the Python standard library's source (or text_file=...), beside charlm-lstm.
+"""A character-level GPT (4 layers, width 64) on the Python standard library's source, beside charlm-lstm
+(one LSTM layer of 200); the parameter counts are meant to be close (about 200k each).
 
 Command: jaxarch run charlm-gpt [data.text_file=path/to/file.txt]
-Wall time: MEASURE.
-Expected: MEASURE.
+Wall time: not yet measured on the 2-core CPU (800 steps of 32 x 128 characters).
+Expected: validation bits per character below charlm-lstm's at the same size; not yet measured.
 """
 
 from jaxarch.experiments import _attention
@@ -15,8 +16,8 @@ def get_config():
     config.model.max_length = 128
     config.optim.learning_rate = 3e-3
     config.train.batch_size = 32
-    config.train.steps = 2000
-    config.train.eval_every = 500
+    config.train.steps = 800
+    config.train.eval_every = 0
     config.train.eval_batch_size = 64
     config.sample = {"prompt": "def ", "num_tokens": 300, "temperature": 0.8}
     return config

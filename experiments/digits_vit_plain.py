@@ -1,8 +1,8 @@
 """A plain ViT (2x2 patches, learned positions, CLS token) on the 8x8 digits, second-half test split.
 
 Command: jaxarch run digits-vit-plain
-Wall time: MEASURE.
-Expected: MEASURE.
+Wall time: 74 s of training (600 steps; 2-core CPU, shared).
+Expected: test accuracy 0.869 measured (152,202 params; train loss -> 2e-4: it overfits 898 images).
 """
 
 from jaxarch.experiments import _attention
@@ -11,6 +11,6 @@ from jaxarch.experiments import _attention
 def get_config():
     config = _attention.vit({"name": "digits"})
     config.model.patch_size = 2
-    config.train.steps = 2000
+    config.train.steps = 600
     config.train.eval_batch_size = 300
     return config

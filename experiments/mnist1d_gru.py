@@ -1,4 +1,4 @@
-"""A two-layer bidirectional GRU (hidden 128 each way) on MNIST-1D.
+"""A bidirectional GRU (hidden 128 each way) on MNIST-1D.
 
 Command: jaxarch run mnist1d-gru
 Wall time: see README (measured on a 2-core CPU).

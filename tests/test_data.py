@@ -100,3 +100,17 @@ def test_unknown_dataset_and_option_are_value_errors():
         load_dataset("mnist1D")
     with pytest.raises(ValueError, match="unknown option 'shift'.*shift_augment"):
         load_dataset("digits", shift=1)
+
+
+def test_random_shift_matches_a_per_example_loop():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 5, 7, 2)).astype(np.float32)
+    out = random_shift(2, axes=(0, 1))(np.random.default_rng(9), x)
+    offsets = np.random.default_rng(9).integers(-2, 3, size=(6, 2))
+    for example, result, (dr, dc) in zip(x, out, offsets):
+        expected = np.zeros_like(example)
+        for r in range(5):
+            for c in range(7):
+                if 0 <= r - dr < 5 and 0 <= c - dc < 7:
+                    expected[r, c] = example[r - dr, c - dc]
+        np.testing.assert_array_equal(result, expected)

@@ -177,10 +177,9 @@ def test_gpt_scan_layers_equals_unrolled():
     np.testing.assert_allclose(scanned.apply(stacked, x), unrolled.apply(variables, x), atol=1e-5)
 
 
-@pytest.mark.parametrize("positions,scan_layers", [("learned", True), ("sinusoidal", False), ("rope", False)])
-def test_generate_greedy_equals_full_forward(positions, scan_layers):
-    model = MODELS.get("gpt")(num_outputs=V, max_length=16, positions=positions, scan_layers=scan_layers,
-                              **SMALL)
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_generate_greedy_equals_full_forward(positions):
+    model = MODELS.get("gpt")(num_outputs=V, max_length=16, positions=positions, **SMALL)
     prompt = ids(0, (B, 5))
     variables = scaled_init(model, prompt, scale=0.3)
     generated = generate(model, variables["params"], prompt, 8, rng=jax.random.PRNGKey(0), temperature=0.0)
@@ -250,8 +249,10 @@ def test_generate_errors():
 
 # ---- each attention experiment learns -------------------------------------------------------------------------
 
-TINY = ["optim.schedule=constant", "optim.warmup_steps=3", "train.eval_every=0", "train.log_every=10",
-        "train.checkpoint_every=0", "train.batch_size=32", "train.steps=40"]
+TINY = ["optim.schedule=constant", "optim.warmup_steps=3", "optim.learning_rate=3e-3", "train.eval_every=0",
+        "train.log_every=10", "train.checkpoint_every=0", "train.batch_size=64", "train.steps=60"]
+# The image experiments' regularisers (augmentation, dropout) are for long runs; a tiny run checks learning.
+PLAIN_TRAINING = ["data.shift_augment=0", "model.dropout_rate=0.0"]
 EXPERIMENTS = {
     "charlm-gpt": ["data.seq_len=32", "data.max_chars=60000", "model.max_length=32", "model.embed_dim=32",
                    "model.num_layers=1", "train.eval_batch_size=64", "data.max_eval_windows=64",
@@ -259,10 +260,11 @@ EXPERIMENTS = {
     "copy-transformer": ["data.seq_len=12", "model.max_length=32", "model.implementation=xla",
                          "data.test_size=100"],
     "adding-transformer": ["data.seq_len=20", "data.test_size=100"],
-    "mnist1d-transformer": ["model.embed_dim=16", "model.num_layers=1", "model.stem=(8,)"],
-    "mnist1d-transformer-plain": ["model.embed_dim=16", "model.num_layers=1"],
-    "digits-vit": ["model.embed_dim=16", "model.num_layers=1", "model.stem=(8,)"],
-    "digits-vit-plain": ["model.embed_dim=16", "model.num_layers=1"],
+    "mnist1d-transformer": ["model.embed_dim=16", "model.num_layers=1", "model.stem=(8,)", *PLAIN_TRAINING],
+    "mnist1d-transformer-plain": ["model.embed_dim=16", "model.num_layers=1", "data.shift_augment=0",
+                                  "optim.learning_rate=1e-2"],
+    "digits-vit": ["model.embed_dim=16", "model.num_layers=1", "model.stem=(8,)", *PLAIN_TRAINING],
+    "digits-vit-plain": ["model.embed_dim=16", "model.num_layers=1", "data.shift_augment=0"],
 }
 
 
@@ -278,6 +280,6 @@ def test_each_attention_experiment_learns(name, tmp_path):
     result = train_and_evaluate(config, tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
-    assert len(losses) == 4
-    assert losses[-1] < 0.85 * losses[0], losses
+    assert len(losses) == 6
+    assert losses[-1] < 0.85 * losses[0], losses  # At least 15% below the first 10 steps' mean.
     assert result["experiment"] == name and result["params"] > 0

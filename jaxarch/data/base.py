@@ -120,16 +120,19 @@ def random_shift(max_shift: int, axes: tuple[int, ...]) -> Augmentation:
     (axes of one example, 0-based, excluding the batch axis), filling the vacated border with zeros."""
 
     def augment(rng: np.random.Generator, inputs: np.ndarray) -> np.ndarray:
-        out = np.zeros_like(inputs)
         offsets = rng.integers(-max_shift, max_shift + 1, size=(len(inputs), len(axes)))
-        for i, shifts in enumerate(offsets):
-            src = [slice(None)] * (inputs.ndim - 1)
-            dst = [slice(None)] * (inputs.ndim - 1)
-            for axis, shift in zip(axes, shifts):
-                size = inputs.shape[axis + 1]
-                src[axis] = slice(max(0, -shift), size - max(0, shift))
-                dst[axis] = slice(max(0, shift), size - max(0, -shift))
-            out[(i, *dst)] = inputs[(i, *src)]
+        out = inputs
+        for column, axis in enumerate(axes):
+            axis += 1  # Past the batch axis.
+            size = inputs.shape[axis]
+            # Output position p reads input position p - shift; positions read from outside are zero.
+            source = np.arange(size)[None, :] - offsets[:, column:column + 1]  # [batch, size]
+            shape = [len(inputs)] + [1] * (inputs.ndim - 1)
+            shape[axis] = size
+            source = source.reshape(shape)
+            inside = (source >= 0) & (source < size)
+            gathered = np.take_along_axis(out, np.clip(source, 0, size - 1), axis=axis)
+            out = np.where(inside, gathered, np.zeros((), inputs.dtype))
         return out
 
     return augment

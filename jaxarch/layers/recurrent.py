@@ -26,6 +26,15 @@ hidden 256, jitted train step: about 0.41 vs 0.31 CPU-seconds a step for the LST
 `[time, batch, G*H]` buffer is written and re-read from memory instead of staying in cache. So the default,
 `project_first=None`, projects first on accelerators and inside the scan on CPU.
 
+Where the projection stays inside the scan, plain LSTM cells (the defaults: no peepholes or layer norm,
+sigmoid/tanh, one float32 or float64 dtype throughout) run as one whole-sequence kernel, `_lstm_sequence`, with
+the same forward operations and a hand-derived tangent: the backward loop
+keeps only the recurrent matmul, the weight gradients become large matmuls after it, and far fewer per-step
+intermediates are stored (`RNN(fused_sequence=False)` turns it off). Tried and dropped on the 2-core CPU: splitting
+the batch into independent scans to use both cores (XLA:CPU runs independent while loops one after another, so it
+only added overhead), unroll 2/4/8, projecting first inside the kernel (slower, as above), and the same kernel for
+the GRU (no faster than its scan).
+
 Precision: matmuls run in `dtype` (e.g. bfloat16); gate pre-activations, nonlinearities, the cell update and
 layer-norm statistics run in at least float32, and the carry keeps the dtype it was initialised with (float32 by
 default), so long sequences do not accumulate bfloat16 rounding in the state.
@@ -33,6 +42,7 @@ default), so long sequences do not accumulate bfloat16 rounding in the state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -172,6 +182,15 @@ class _FusedGateCell(nn.RNNCellBase):
             fail(type(self).__name__, "parameters", "missing", "project_inputs (or __call__) to run first; it "
                  "declares them")
         return values
+
+    def fused_weights(self, x: Array) -> tuple[Array, Array, Array, Array]:
+        """`(input_kernel, input_bias, recurrent_kernel, recurrent_bias)` for `RNN`'s whole-sequence kernels, the
+        biases as `[1, G*H]` rows (rank promotion is an error here); `x: [*lead, in]` is checked against
+        `input_kernel` as `project_inputs` does."""
+        input_kernel, input_bias, recurrent_kernel, recurrent_bias = self._params(
+            "input_kernel", "input_bias", "recurrent_kernel", "recurrent_bias")
+        check_axis_size(type(self).__name__, "inputs (vs. existing input_kernel)", x, -1, input_kernel.shape[0])
+        return input_kernel, input_bias[None, :], recurrent_kernel, recurrent_bias[None, :]
 
     def _recurrent_projection(self, h: Array, dtype) -> Array:
         """`h @ recurrent_kernel + recurrent_bias`: `[*batch, H] -> [*batch, G*H]`, in `dtype`."""
@@ -371,6 +390,89 @@ class GRUCell(_FusedGateCell):
         return new_h, new_h
 
 
+# --- Whole-sequence LSTM kernel with a hand-derived tangent (the fast path of `RNN` for plain LSTM cells) --------
+#
+# Differentiating `lax.scan(step)` directly makes JAX save every intermediate of the step (13 `[T, B, H]` arrays
+# for the LSTM) and accumulate `h_{t-1}^T @ dgates_t` for the recurrent kernel and `x_t^T @ dgates_t` for the input
+# kernel inside the backward loop, as 2 x 128 small matmuls. `_lstm_sequence` is a `jax.custom_jvp` whose tangent
+# is written as a recurrence that is linear in the tangents with precomputed coefficients (6 `[B, H]`-sized arrays
+# a step), and whose weight and input tangents enter through single `[T*B, ...]` matmuls
+# outside the loop. Reverse mode transposes that tangent, so the backward loop holds only `dgates_t @ W_h^T` and the
+# weight gradients become two large matmuls after it. Forward mode (`jax.jvp`, `jax.jacfwd`) keeps working. The
+# forward values are computed by the same operations in the same order as `step_projected`.
+# Measured (batch 64, time 128, in 64, hidden 256, jitted train step on a 2-core CPU, interleaved runs): about
+# 1.1-1.25x the steps/s of differentiating the plain scan. The same construction for the reset-after GRU measured
+# no faster than the plain scan (0.93-0.98x), so GRUs keep the scan.
+
+
+def _masked(mask_t: Array | None, new: Array, old: Array) -> Array:
+    """`new` where the step is valid (`mask_t: [B]`), else `old` (the carry passes through padding)."""
+    return new if mask_t is None else jnp.where(mask_t[:, None], new, old)
+
+
+def _zero_masked(mask_t: Array | None, y: Array) -> Array:
+    return y if mask_t is None else jnp.where(mask_t[:, None], y, jnp.zeros((), y.dtype))
+
+
+def _flat(x: Array) -> Array:
+    """`[T, B, n] -> [T*B, n]`: the per-step operands of a whole-sequence matmul."""
+    return x.reshape((-1, x.shape[-1]))
+
+
+def _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals):
+    """LSTM over `x: [T, B, in]`; with `residuals`, also the tangent's coefficients for every step."""
+
+    def body(carry, scanned):
+        c, h = carry
+        x_t, mask_t = scanned
+        gates = (x_t @ input_kernel + input_bias) + (h @ recurrent_kernel + recurrent_bias)  # [B, 4H]
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        new_c = f * c + i * g
+        tanh_c = jnp.tanh(new_c)
+        new_h = o * tanh_c
+        y = _zero_masked(mask_t, new_h)
+        new_carry = (_masked(mask_t, new_c, c), _masked(mask_t, new_h, h))
+        if not residuals:
+            return new_carry, y
+        # d gates_pre -> (dc' contributions of i, f, g; dh' contribution of o): [B, 4H]
+        gate_coef = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], -1)
+        return new_carry, (y, (gate_coef, f, o * (1 - tanh_c * tanh_c), h))
+
+    return jax.lax.scan(body, (c0, h0), (x, mask), reverse=reverse)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
+def _lstm_sequence(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse):
+    """`x: [T, B, in]`, `mask: [T, B]` bool or None, `c0, h0: [B, H]` -> `(c_T, h_T, ys: [T, B, H])`."""
+    carry, ys = _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse,
+                           residuals=False)
+    return carry + (ys,)
+
+
+@_lstm_sequence.defjvp
+def _lstm_sequence_jvp(reverse, primals, tangents):
+    x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias = primals
+    dx, _, dc0, dh0, d_input_kernel, d_input_bias, d_recurrent_kernel, d_recurrent_bias = tangents
+    carry, (ys, (gate_coef, forget, out_coef, h_prev)) = _lstm_scan(
+        x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals=True)
+    # Every carry-independent tangent term of the pre-activations at once: [T*B, 4H] -> [T, B, 4H].
+    d_gates_in = (_flat(dx) @ input_kernel + _flat(x) @ d_input_kernel + d_input_bias
+                  + _flat(h_prev) @ d_recurrent_kernel + d_recurrent_bias).reshape(gate_coef.shape)
+
+    def body(carry, scanned):
+        dc, dh = carry
+        d_gates_t, coef_t, forget_t, out_coef_t, mask_t = scanned
+        scaled = (d_gates_t + dh @ recurrent_kernel) * coef_t
+        d_i, d_f, d_g, d_o = jnp.split(scaled, 4, axis=-1)
+        new_dc = d_i + d_f + d_g + forget_t * dc
+        new_dh = d_o + out_coef_t * new_dc
+        return (_masked(mask_t, new_dc, dc), _masked(mask_t, new_dh, dh)), _zero_masked(mask_t, new_dh)
+
+    (dc, dh), dys = jax.lax.scan(body, (dc0, dh0), (d_gates_in, gate_coef, forget, out_coef, mask), reverse=reverse)
+    return carry + (ys,), (dc, dh, dys)
+
+
 def _hidden(carry: Carry) -> Array:
     """The `h` of a carry: the carry itself, or the last entry of an `(c, h)` pair (flax's LSTM convention)."""
     return carry[-1] if isinstance(carry, tuple) else carry
@@ -397,7 +499,9 @@ class RNN(nn.Module):
 
     Cells with `project_inputs`/`step_projected` (all jaxarch cells) have their input projection hoisted out of
     the scan into one matmul when `project_first` (default: on GPU/TPU, not on CPU, see the module docstring).
-    Other `flax.linen.RNNCellBase` cells are stepped whole.
+    Other `flax.linen.RNNCellBase` cells are stepped whole. Plain LSTM cells projected inside the scan run as a
+    whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module docstring): same values,
+    forward and reverse mode, faster training.
 
     `seq_lengths: [batch]` ints: outputs at `t >= seq_lengths[b]` are zero, the final carry is the carry after the
     last valid step (the initial carry for length 0), and padding is never read (it is zeroed first, so even NaN
@@ -419,6 +523,9 @@ class RNN(nn.Module):
     unroll: int = 1  # scan steps per loop iteration (jax.lax.scan's unroll)
     time_major: bool = False  # inputs [time, batch, in] instead of [batch, time, in]
     project_first: bool | None = None  # input projection as one matmul before the scan; None: not on CPU
+    # Plain LSTM cells run as one whole-sequence kernel with a hand-derived gradient (see `_lstm_sequence`);
+    # same values, faster training. False always differentiates the scan of `step_projected`.
+    fused_sequence: bool = True
 
     @nn.compact
     def __call__(self, inputs: Array, *, seq_lengths: Array | None = None, initial_carry: Carry | None = None,
@@ -454,6 +561,16 @@ class RNN(nn.Module):
 
         fused = hasattr(cell, "project_inputs") and hasattr(cell, "step_projected")
         project_first = self.project_first if self.project_first is not None else jax.default_backend() != "cpu"
+        hidden = _hidden(expected_carry)
+        perturbation = self._hidden_state_perturbation((num_steps,) + hidden.shape, hidden.dtype)
+        if (self.fused_sequence and not project_first and perturbation is None and self.unroll == 1
+                and _has_sequence_kernel(cell, x, carry)):
+            if self.is_initializing():
+                cell.project_inputs(x[0])  # declares the params
+            weights = cell.fused_weights(x)
+            c, h, outputs = _lstm_sequence(x, mask, *carry, *weights, reverse)
+            carry = (c, h)
+            return self._finish(carry, outputs, seq_lengths, return_carry, reverse, keep_order)
         if fused and project_first:
             xs = cell.project_inputs(x)  # [T, B, G*H]: one matmul for every step
             step = cell.step_projected
@@ -468,8 +585,6 @@ class RNN(nn.Module):
             if self.is_initializing():
                 cell(carry, x[0])  # declares the params outside the scan, where flax can create them
             xs, step = x, cell
-        hidden = _hidden(expected_carry)
-        perturbation = self._hidden_state_perturbation((num_steps,) + hidden.shape, hidden.dtype)
 
         def body(carry, scanned):
             x_t, mask_t, perturbation_t = scanned
@@ -486,6 +601,12 @@ class RNN(nn.Module):
 
         carry, outputs = jax.lax.scan(body, carry, (xs, mask, perturbation), reverse=reverse,
                                       unroll=self.unroll)  # outputs [T, B, H] in input order
+        return self._finish(carry, outputs, seq_lengths, return_carry, reverse, keep_order)
+
+    @nn.nowrap
+    def _finish(self, carry: Carry, outputs: Array, seq_lengths: Array | None, return_carry: bool, reverse: bool,
+                keep_order: bool) -> Array | tuple[Carry, Array]:
+        """`outputs: [T, B, H]` in input order -> the requested order and layout."""
         if reverse and not keep_order:
             outputs = jnp.flip(outputs, 0) if seq_lengths is None else _flip_within_lengths(outputs, seq_lengths)
         if not self.time_major:
@@ -504,6 +625,21 @@ class RNN(nn.Module):
         if self.is_mutable_collection(collection) and not self.is_initializing():
             return self.variable(collection, var_name, jnp.zeros, shape, dtype).value
         return None
+
+
+def _has_sequence_kernel(cell, x: Array, carry: Carry) -> bool:
+    """Whether `cell` computes exactly what `_lstm_sequence` computes: a plain LSTM (exact class, default
+    nonlinearities, no peepholes or layer norm) whose inputs, parameters, carry and compute all share one dtype of
+    at least float32 (the kernel has no casts)."""
+    if type(cell) is not LSTMCell:
+        return False
+    plain = not cell.peephole and not cell.layer_norm
+    dtype = jnp.dtype(cell.param_dtype)
+    dtypes = {jnp.dtype(x.dtype), dtype} | {jnp.dtype(c.dtype) for c in jax.tree.leaves(carry)}
+    if cell.dtype is not None:
+        dtypes.add(jnp.dtype(cell.dtype))
+    return (plain and cell.gate_fn is jax.nn.sigmoid and cell.activation_fn is jnp.tanh and dtypes == {dtype}
+            and dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)))
 
 
 def _check_seq_lengths(name: str, seq_lengths, batch: int, num_steps: int) -> None:
