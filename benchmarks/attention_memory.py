@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,7 +26,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxarch.layers.attention import dot_product_attention
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import environment, write_json  # noqa: E402
+from jaxarch.layers.attention import dot_product_attention  # noqa: E402
 
 
 def _loss_grad(implementation: str, is_causal: bool, chunk: int):
@@ -116,14 +119,9 @@ def main():
         "logits_gib_float32": _gib(4 * args.length**2),
         "physical_memory_gib": _gib(physical),
         "temp_ratio_xla_over_blockwise": round(naive["temp_bytes"] / max(blockwise["temp_bytes"], 1), 1),
-        "device": jax.devices()[0].device_kind,
-        "machine": platform.machine(),
-        "jax": jax.__version__,
+        **environment(),
     }
-    print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

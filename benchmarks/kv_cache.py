@@ -14,8 +14,7 @@ Command: python benchmarks/kv_cache.py [--out benchmarks/results/kv_cache.json]
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxarch.generate import generate
-from jaxarch.models import MODELS
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import environment, write_json  # noqa: E402
+from jaxarch.generate import generate  # noqa: E402
+from jaxarch.models import MODELS  # noqa: E402
 
 
 def recompute_generate(model, params, prompt_ids, num_tokens: int):
@@ -93,14 +96,9 @@ def main():
         "recompute_tokens_per_second": round(args.batch * args.num_tokens / recompute_s, 1),
         "speedup": round(recompute_s / cached_s, 2),
         "same_tokens": bool(np.array_equal(cached, recomputed)),
-        "device": jax.devices()[0].device_kind,
-        "machine": platform.machine(),
-        "jax": jax.__version__,
+        **environment(),
     }
-    print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

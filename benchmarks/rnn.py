@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import subprocess
 import sys
 from collections.abc import Callable
@@ -45,7 +44,8 @@ import optax
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `jaxarch` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import Timing, matmul_ceiling_flops, time_interleaved, torch_available  # noqa: E402
+from benchmarks.timing import (Timing, environment, matmul_ceiling_flops, time_interleaved,  # noqa: E402
+                               torch_available, write_json)
 from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell  # noqa: E402
 
 REFERENCE_SHAPE = dict(batch=64, time=128, features_in=64, hidden=256)
@@ -197,9 +197,7 @@ def run(quick: bool = False, include_torch: bool | None = None) -> dict:
         "matmul_ceiling_gflops_per_second": ceiling / 1e9,
         "matmul_ceiling_size": ceiling_size,
         "shapes": [entry],
-        "device": jax.devices()[0].device_kind,
-        "machine": platform.machine(),
-        "jax": jax.__version__,
+        **environment(),
     }
     if include_torch:
         import torch
@@ -223,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(quick=args.quick, include_torch=False if args.no_torch else None)
     for entry in result["shapes"]:
         print(markdown(entry, result["matmul_ceiling_gflops_per_second"] * 1e9))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     return result
 
 

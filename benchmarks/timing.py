@@ -96,3 +96,22 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def environment() -> dict:
+    """What a result was measured on: the device, the machine and the JAX version."""
+    import platform
+
+    return {"device": jax.devices()[0].device_kind, "machine": platform.machine(), "jax": jax.__version__}
+
+
+def write_json(result: dict, path: str) -> None:
+    """Prints `result` and writes it to `path` (parents created)."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")

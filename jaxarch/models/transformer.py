@@ -9,7 +9,6 @@ follow the library convention (bool, True = attend) and are built once at the to
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxarch.checks import check_floating, check_integer, check_positive_ints, check_rank, fail
