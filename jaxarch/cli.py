@@ -1,4 +1,4 @@
-"""The `jaxarch` command: list, run and tour the experiments."""
+"""The `jaxarch` command: list, run and tour the experiments; measure the chapter's claims (`report`)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,17 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from jaxarch.report import FULL, QUICK, run_report
+    from jaxarch.report.render import duration, verdict_lines
+
+    command = "jaxarch report" + (" --quick" if args.quick else "")
+    report = run_report(Path(args.out), QUICK if args.quick else FULL, command=command, progress=args.progress)
+    print(verdict_lines(report.claims))
+    print(f"report: {Path(args.out) / 'index.md'} and index.html ({duration(report.wall_seconds)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxarch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     gradients.add_argument("--out", default="runs/gradients")
     gradients.set_defaults(func=_cmd_gradients)
 
-    for command in (run, tour):
+    report = sub.add_parser("report", help="measure the chapter's claims and write DIR/index.md and index.html")
+    report.add_argument("--quick", action="store_true", help="tiny budgets (minutes); verdicts may be inconclusive")
+    report.add_argument("--out", default="runs/report", help="report directory (default runs/report)")
+    report.set_defaults(func=_cmd_report)
+
+    for command in (run, tour, report):
         command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                              help="show a progress bar (default: only on a terminal)")
     return parser

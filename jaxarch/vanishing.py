@@ -18,18 +18,23 @@ from jaxarch.models import build_model
 CELLS = ("rnn", "lstm", "gru")
 
 
+def adding_gradient_norms(model, variables, seq_len: int, batch_size: int = 64, seed: int = 0) -> np.ndarray:
+    """`[seq_len]` norms ||dLoss/dh_t|| of a one-RNN model's mean squared error on one adding-problem batch."""
+    batch = load_dataset("adding", seq_len=seq_len).train_batch(seed, 0, batch_size)
+    inputs, targets = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+    loss_fn = lambda predictions: jnp.mean(jnp.square(predictions - targets))
+    (norms,) = hidden_state_grad_norms(model, variables, loss_fn, inputs).values()
+    return np.asarray(norms)
+
+
 def gradient_norms_at_init(seq_len: int, hidden: int = 128, batch_size: int = 64, seed: int = 0) -> dict:
     """{cell: [seq_len] norms} for freshly initialised one-layer models, on one adding-problem batch."""
-    dataset = load_dataset("adding", seq_len=seq_len)
-    batch = dataset.train_batch(seed, 0, batch_size)
-    inputs, targets = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+    example = jnp.zeros((1, seq_len, 2), jnp.float32)
     out = {}
     for cell in CELLS:
         model = build_model("rnn", 1, cell=cell, hidden_sizes=(hidden,))
-        variables = model.init(jax.random.PRNGKey(seed), inputs)
-        loss_fn = lambda predictions: jnp.mean(jnp.square(predictions - targets))
-        (norms,) = hidden_state_grad_norms(model, variables, loss_fn, inputs).values()
-        out[cell] = np.asarray(norms)
+        variables = model.init(jax.random.PRNGKey(seed), example)
+        out[cell] = adding_gradient_norms(model, variables, seq_len, batch_size, seed)
     return out
 
 

@@ -1,0 +1,93 @@
+"""The report's training runs: experiment configs with a few overrides, trained by `train_and_evaluate` in
+their own work directories, each once, with the trained variables read back from the final checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxarch.checks import fail
+
+# The report reads only final metrics and the final checkpoint: no periodic evaluation or checkpoints.
+_RUN_DEFAULTS = ("train.eval_every=0", "train.checkpoint_every=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    config: ml_collections.ConfigDict
+    dataset: Any
+    model: Any
+    variables: dict  # trained: {"params": ..., and any other model collections}
+    result: dict  # train_and_evaluate's final metrics
+
+    def initial_variables(self) -> dict:
+        """The same run's variables at step 0 (initialisation is a function of the config's seed)."""
+        from jaxarch.train import init_state
+
+        return _as_variables(init_state(self.config, self.dataset, self.model))
+
+
+def _as_variables(state) -> dict:
+    return {"params": state.params, **state.model_state}
+
+
+def build(config: ml_collections.ConfigDict):
+    """The dataset and model a config describes, as `train_and_evaluate` builds them."""
+    from jaxarch.data import load_dataset
+    from jaxarch.models import build_model
+
+    dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
+    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
+                        **{k: v for k, v in config.model.items() if k != "name"})
+    return dataset, model
+
+
+class Runs:
+    """Trains `experiment` with `overrides` into `root/<label>` the first time a label is asked for; later
+    requests for the same label (from other claims) reuse that run."""
+
+    def __init__(self, root: str | Path, *, progress: bool | None = False):
+        self.root = Path(root)
+        self.progress = progress
+        self._runs: dict[str, tuple[ml_collections.ConfigDict, dict]] = {}
+
+    def train(self, label: str, experiment: str, overrides: Sequence[str] = ()) -> dict:
+        """Final metrics of the run `label` (trained now unless it already was, with the same settings)."""
+        from jaxarch import experiments
+        from jaxarch.train import train_and_evaluate
+        from jaxarch.train.configure import override_config
+
+        config = override_config(experiments.get_config(experiment), [*_RUN_DEFAULTS, *overrides])
+        if label in self._runs:
+            if self._runs[label][0].to_dict() != config.to_dict():
+                fail("Runs.train", f"settings of run {label!r}", f"{experiment} {list(overrides)}",
+                     "the settings it was first trained with")
+            return self._runs[label][1]
+        print(f"[jaxarch report] training {label} ({experiment} {' '.join(overrides)})", file=sys.stderr,
+              flush=True)
+        result = train_and_evaluate(config, self.root / label, progress=self.progress)
+        self._runs[label] = (config, result)
+        return result
+
+    def trained(self, label: str) -> Trained:
+        """The run's config, dataset, model and trained variables (restored from its final checkpoint)."""
+        from jaxarch.train import init_state
+        from jaxarch.train.checkpoint import Checkpointer
+
+        if label not in self._runs:
+            fail("Runs.trained", "label", repr(label), f"a run already trained, one of {sorted(self._runs)}")
+        config, result = self._runs[label]
+        dataset, model = build(config)
+        # The checkpoint needs only the state's structure, shapes and dtypes: tracing the initialisation gives
+        # them without compiling it.
+        template = jax.eval_shape(lambda: init_state(config, dataset, model))
+        checkpointer = Checkpointer(self.root / label, every=0, keep=1)
+        state = checkpointer.restore(template)
+        checkpointer.close()
+        return Trained(config, dataset, model, _as_variables(state), result)
