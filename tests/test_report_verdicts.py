@@ -125,7 +125,7 @@ def test_verdict_follows_the_numbers(module, numbers, changes):
 def _report(value: float) -> Report:
     claim = ClaimResult(number=1, title="A claim", claim="Something is large.", method="Measured once.",
                         checks=(at_least("the measured size", value, 3.0),))
-    return Report((claim,), "quick", "jaxarch report --quick", "CPU (test)", "2024-01-01 00:00 UTC", 75.0)
+    return Report((claim,), "quick", "jaxarch report --quick", "CPU (test)", "2024-01-01 00:00 UTC", 75.0, 130.0)
 
 
 def test_rendered_verdicts_come_from_the_checks():
@@ -134,6 +134,6 @@ def test_rendered_verdicts_come_from_the_checks():
     assert "<strong>Verdict: holds.</strong>" in to_html(holds)
     assert "<strong>Verdict: does not hold.</strong>" in to_html(fails)
     for render in (to_markdown, to_html):
-        assert "1 min 15 s" in render(holds) and "CPU (test)" in render(holds)
+        assert "1 min 15 s" in render(holds) and "2 min 10 s" in render(holds) and "CPU (test)" in render(holds)
     assert "| the measured size | 5 | >= 3 | < 3 | holds |" in to_markdown(holds)
     assert '<td class="fails">does not hold</td>' in to_html(fails)

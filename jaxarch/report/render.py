@@ -26,6 +26,7 @@ class Report:
     device: str
     date: str
     wall_seconds: float
+    cpu_seconds: float  # all threads of the process: on a shared machine, the part of the wall time that was ours
 
 
 # Blocks: ("heading", level, text) | ("paragraph", text) | ("table", Table) | ("image", file, caption)
@@ -49,7 +50,8 @@ def blocks(report: Report) -> list[tuple]:
     out: list[tuple] = [
         ("heading", 1, "jaxarch report: the chapter's claims, measured"),
         ("paragraph", f"Written by `{report.command}` (budget **{report.budget}**) on {report.date}. Device: "
-                      f"{report.device}. Wall time: **{duration(report.wall_seconds)}**."),
+                      f"{report.device}. Wall time: **{duration(report.wall_seconds)}** (CPU time of the process, all threads: "
+                      f"{duration(report.cpu_seconds)})."),
         ("paragraph", RULE),
         ("table", Table(("#", "claim", "verdict"),
                         tuple((c.number, c.title, c.verdict.value) for c in report.claims))),

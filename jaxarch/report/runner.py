@@ -38,7 +38,8 @@ def write_report(report: Report, out_dir: Path) -> None:
     (out_dir / "index.md").write_text(to_markdown(report))
     (out_dir / "index.html").write_text(to_html(report))
     data = {"budget": report.budget, "command": report.command, "device": report.device, "date": report.date,
-            "wall_seconds": round(report.wall_seconds, 1), "claims": [c.to_json() for c in report.claims]}
+            "wall_seconds": round(report.wall_seconds, 1), "cpu_seconds": round(report.cpu_seconds, 1),
+            "claims": [c.to_json() for c in report.claims]}
     (out_dir / "report.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
@@ -52,7 +53,7 @@ def run_report(out_dir: str | Path, budget: Budget = FULL, *, claims: Sequence[M
     if unknown or not claims:
         raise ValueError(f"run_report: claims are {unknown or 'empty'}, expected modules of "
                          f"{[m.__name__ for m in CLAIMS]}")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -65,6 +66,7 @@ def run_report(out_dir: str | Path, budget: Budget = FULL, *, claims: Sequence[M
             results.append(result)
             print(f"[jaxarch report] claim {result.number} ({result.title}): {result.verdict.value} "
                   f"[{time.perf_counter() - claim_start:.0f} s]", file=sys.stderr, flush=True)
-    report = Report(tuple(results), budget.name, command, device_description(), date, time.perf_counter() - start)
+    report = Report(tuple(results), budget.name, command, device_description(), date, time.perf_counter() - start,
+                    time.process_time() - cpu_start)
     write_report(report, out_dir)
     return report
