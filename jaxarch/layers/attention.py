@@ -9,7 +9,8 @@ Causal masks are top-left aligned (query `i` sees keys `<= i + offset`, offset 0
 Three implementations share one contract (float32 softmax, scale `1/sqrt(head_dim)`, a query row with no key to
 attend returns zeros and zero gradients):
 
-- `"xla"`: the plain einsum formula; materialises the `[batch, heads, q_len, kv_len]` logits.
+- `"xla"`: the plain einsum formula; materialises the `[batch, heads, q_len, kv_len]` logits (causal attention
+  only their lower staircase, query chunk by query chunk, see `_causal_xla_attention`).
 - `"blockwise"`: memory-efficient attention (Rabe & Staats 2021) with FlashAttention's online softmax (running
   max, running denominator, rescaled accumulator): a `lax.map` over query chunks, each looping over key/value
   chunks. Its `custom_vjp` backward keeps only the output and the log-sum-exp and recomputes each chunk
@@ -229,32 +230,81 @@ def _accumulation_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_rate, dropout_rng):
-    """Plain einsum attention. Returns `([B, Tq, H, Dv], weights [B, H, Tq, Tk] float32)`."""
+def _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_rate, dropout_rng, q_start: int = 0):
+    """Plain einsum attention. Returns `([B, Tq, H, Dv], weights [B, H, Tq, Tk] float32)`.
+
+    `q_start`: the index of the first query row, when `query` is a chunk of the rows (see `_causal_xla_attention`).
+    """
     batch, q_len, heads, head_dim = query.shape
     kv_len, kv_heads = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     accumulation = _accumulation_dtype(query.dtype)
-    query = jnp.reshape(query, (batch, q_len, kv_heads, groups, head_dim))  # [B, Tq, KVH, G, D]
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", query, key, preferred_element_type=accumulation) * scale
+    grouped = groups > 1
+    if grouped:
+        query = jnp.reshape(query, (batch, q_len, kv_heads, groups, head_dim))  # [B, Tq, KVH, G, D]
+        logits_spec, out_spec = "bqhgd,bkhd->bhgqk", "bhgqk,bkhd->bqhgd"
+    else:  # one query head per key head: 4-D einsums skip the grouped layout's copies (ViT step: 3-6% less CPU)
+        logits_spec, out_spec = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
+        mask5, bias5 = (None if x is None else x[:, :, 0] for x in (mask5, bias5))  # [B|1, H|1, Tq|1, Tk|1]
+    logits = jnp.einsum(logits_spec, query, key, preferred_element_type=accumulation) * scale
     if bias5 is not None:
         logits = logits + bias5.astype(accumulation)
-    index_mask = generated.mask(jnp.arange(q_len), jnp.arange(kv_len))
-    mask = _and(mask5, None if index_mask is None else index_mask[:, :, None])
+    index_mask = generated.mask(jnp.arange(q_start, q_start + q_len), jnp.arange(kv_len))  # [B|1, 1, Tq, Tk]
+    if index_mask is not None and grouped:
+        index_mask = index_mask[:, :, None]
+    mask = _and(mask5, index_mask)
     if mask is not None:
         # A finite fill keeps fully-masked rows finite (uniform); the second `where` then zeros them.
         logits = jnp.where(mask, logits, jnp.finfo(accumulation).min)
-    weights = jax.nn.softmax(logits, axis=-1)  # [B, KVH, G, Tq, Tk]
+    weights = jax.nn.softmax(logits, axis=-1)  # [B, KVH, G, Tq, Tk], or [B, H, Tq, Tk]
     if mask is not None:
         weights = jnp.where(mask, weights, 0.0)
     attended = weights
     if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        attended = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", attended.astype(value.dtype), value,
-                     preferred_element_type=accumulation)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (batch, kv_heads, groups, q_len, kv_len))
+        attended = jnp.where(jnp.reshape(keep, weights.shape), weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum(out_spec, attended.astype(value.dtype), value, preferred_element_type=accumulation)
     out = jnp.reshape(out, (batch, q_len, heads, value.shape[-1])).astype(query.dtype)
     return out, jnp.reshape(weights, (batch, heads, q_len, kv_len))
+
+
+# Causal attention on the "xla" path computes only the lower staircase of the logits: the queries are split into
+# static chunks and a chunk reads only the keys before its end, (n + 1) / 2n of the square for n chunks. Each row's
+# softmax is unchanged (a masked logit adds exp(min - max) = 0 either way), so the values equal the unchunked ones
+# to float rounding, and both differentiation modes work. Measured on a 2-core CPU (batch 16, T 256, 4 heads of
+# 64, forward + backward, CPU time): 4 chunks 76 ms, 2 chunks 84 ms, unchunked 119 ms.
+CAUSAL_QUERY_CHUNK = 64  # the smallest query chunk; shorter sequences are not split
+CAUSAL_MAX_CHUNKS = 8  # more chunks save little and grow the program
+
+
+def _causal_chunks(q_len: int) -> list[tuple[int, int]]:
+    """Static `(start, stop)` query ranges for `_causal_xla_attention`."""
+    if q_len < 2 * CAUSAL_QUERY_CHUNK:
+        return [(0, q_len)]
+    size = max(CAUSAL_QUERY_CHUNK, -(-q_len // CAUSAL_MAX_CHUNKS))
+    return [(start, min(start + size, q_len)) for start in range(0, q_len, size)]
+
+
+def _slice_dense(x5, start: int, stop: int, visible: int):
+    """Rows `start:stop` and keys `:visible` of a `[B|1, KVH|1, G|1, Q|1, K|1]` mask or bias (None passes)."""
+    if x5 is None:
+        return None
+    rows = slice(start, stop) if x5.shape[3] > 1 else slice(None)
+    keys = slice(0, visible) if x5.shape[4] > 1 else slice(None)
+    return x5[:, :, :, rows, keys]
+
+
+def _causal_xla_attention(query, key, value, mask5, bias5, generated, scale):
+    """`_xla_attention` for causal masks at query offset 0 (no dropout, no weights), one query chunk at a time;
+    query `i` sees keys `<= i`, so chunk `start:stop` needs keys `:stop` only."""
+    outs = []
+    for start, stop in _causal_chunks(query.shape[1]):
+        visible = min(stop, key.shape[1])
+        out, _ = _xla_attention(query[:, start:stop], key[:, :visible], value[:, :visible],
+                                _slice_dense(mask5, start, stop, visible), _slice_dense(bias5, start, stop, visible),
+                                generated, scale, 0.0, None, q_start=start)
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 # ---- blockwise ---------------------------------------------------------------------------------------------
@@ -703,6 +753,8 @@ def dot_product_attention(query, key, value, *, mask=None, bias=None, is_causal:
             fail(_MODULE, "return_weights with implementation='blockwise'", True,
                  "False (the blockwise path never materialises the weights; use implementation='xla')")
         return _blockwise(query, key, value, mask5, bias5, generated, scale, q_chunk_size, kv_chunk_size)
+    if generated.is_causal and generated.q_offset is None and dropout_rate == 0.0 and not return_weights:
+        return _causal_xla_attention(query, key, value, mask5, bias5, generated, scale)
     out, weights = _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_rate, dropout_rng)
     return (out, weights) if return_weights else out
 

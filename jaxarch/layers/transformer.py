@@ -69,6 +69,7 @@ class _BlockFields(nn.Module):
     qk_norm: bool | str = False  # see MultiHeadAttention
     rope: bool | RoPEConfig | None = None  # rotary embeddings in self-attention
     implementation: str | None = None  # attention kernel, see dot_product_attention
+    chunk_size: int = 512  # query and key chunk length of the "blockwise" implementation
     layer_norm_epsilon: float = 1e-6
     dtype: Dtype | None = None  # compute dtype; LayerNorm statistics and softmax stay float32
     param_dtype: Dtype = jnp.float32
@@ -80,7 +81,7 @@ class _BlockFields(nn.Module):
     def _attention(self, name, **extra):
         return MultiHeadAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                                   qk_norm=self.qk_norm, dropout_rate=self.attention_dropout_rate,
-                                  implementation=self.implementation, dtype=self.dtype,
+                                  implementation=self.implementation, chunk_size=self.chunk_size, dtype=self.dtype,
                                   param_dtype=self.param_dtype, name=name, **extra)
 
     def _mlp_branch(self, x, deterministic):
