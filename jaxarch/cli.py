@@ -1,4 +1,4 @@
-"""The `jaxarch` command: list, run and tour the experiments."""
+"""The `jaxarch` command: list, run and tour the experiments; benchmark the families."""
 
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from jaxarch.benchmarks.report import markdown
+    from jaxarch.benchmarks.suite import run_and_write
+
+    families = [name.strip() for name in args.families.split(",") if name.strip()]
+    sizes = None if args.sizes is None else [name.strip() for name in args.sizes.split(",") if name.strip()]
+    result = run_and_write(args.out, families=families, quick=args.quick, sizes=sizes, include_torch=args.torch,
+                           include_scaling=args.scaling)
+    print(markdown(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxarch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     gradients.add_argument("--seq-len", type=int, default=100)
     gradients.add_argument("--out", default="runs/gradients")
     gradients.set_defaults(func=_cmd_gradients)
+
+    bench = sub.add_parser("bench", help="time each family's training step beside Flax and PyTorch; write JSON, "
+                           "Markdown and plots")
+    bench.add_argument("--quick", action="store_true", help="small sizes and few repetitions (under two minutes)")
+    bench.add_argument("--families", default="conv,rnn,lstm,gru,attention,gpt,vit", help="comma-separated")
+    bench.add_argument("--sizes", help="comma-separated, of small,reference,large (default: all; small with --quick)")
+    bench.add_argument("--out", help="the JSON path (default benchmarks/results/bench_BACKEND.json); the Markdown "
+                       "and PNGs go beside it")
+    bench.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
+                       help="PyTorch peers (default: when torch is installed)")
+    bench.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
+                       help="the sequence-length and image-size curves")
+    bench.set_defaults(func=_cmd_bench)
 
     for command in (run, tour):
         command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
