@@ -119,6 +119,18 @@ def _check_has_features(name: str, x) -> None:
         fail(name, "inputs rank", f"0 (shape {np.shape(x)})", "rank >= 1 [*batch, features]")
 
 
+def _chrono_bias(key, features: int, chrono_max: int, dtype) -> Array:
+    """`log(U[1, chrono_max - 1])` per unit (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?"):
+    gates that start open for time scales spread up to `chrono_max` steps, where a constant forget bias of 1
+    remembers for only a few steps."""
+    return jnp.log(jax.random.uniform(key, (features,), dtype, 1.0, max(chrono_max - 1.0, 1.0)))
+
+
+def _check_chrono(name: str, chrono_max: int) -> None:
+    if chrono_max and chrono_max < 2:
+        fail(name, "chrono_max", str(chrono_max), "0 (off) or the longest dependency in steps, >= 2")
+
+
 class _FusedGateCell(nn.RNNCellBase):
     """Shared machinery of the cells: the fused PyTorch-layout parameters and the two-part step.
 
@@ -265,6 +277,9 @@ class LSTMCell(_FusedGateCell):
 
     features: int
     forget_bias: float = 1.0  # added to the forget chunk of input_bias at init (Jozefowicz et al. 2015)
+    # > 0: chrono initialisation for dependencies up to this many steps: forget bias log(U[1, chrono_max - 1]),
+    # input bias its negative (replaces forget_bias). For long-range tasks such as the copy task.
+    chrono_max: int = 0
     peephole: bool = False
     layer_norm: bool = False
     gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
@@ -286,9 +301,15 @@ class LSTMCell(_FusedGateCell):
         return zeros, zeros
 
     def _input_bias_init(self) -> Initializer:
+        _check_chrono("LSTMCell", self.chrono_max)
+
         def init_fn(key, shape, dtype=jnp.float32):
-            bias = self.bias_init(key, shape, dtype)
+            init_key, chrono_key = jax.random.split(key)
+            bias = self.bias_init(init_key, shape, dtype)
             h = self.features
+            if self.chrono_max:
+                forget = _chrono_bias(chrono_key, h, self.chrono_max, dtype)
+                return bias.at[:h].add(-forget).at[h:2 * h].add(forget)
             return bias.at[h:2 * h].add(jnp.asarray(self.forget_bias, dtype))
 
         return init_fn
@@ -355,6 +376,8 @@ class GRUCell(_FusedGateCell):
 
     features: int
     reset_after: bool = True  # cuDNN/PyTorch form; False is the original Cho et al. form
+    # > 0: chrono initialisation: update-gate (z, the "keep h" gate) bias log(U[1, chrono_max - 1]).
+    chrono_max: int = 0
     gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
     activation_fn: Callable[[Array], Array] = jnp.tanh
     kernel_init: Initializer = _default_kernel_init
@@ -364,6 +387,19 @@ class GRUCell(_FusedGateCell):
     param_dtype: Any = jnp.float32
 
     num_gates: ClassVar[int] = 3
+
+    def _input_bias_init(self) -> Initializer:
+        _check_chrono("GRUCell", self.chrono_max)
+        if not self.chrono_max:
+            return self.bias_init
+
+        def init_fn(key, shape, dtype=jnp.float32):
+            init_key, chrono_key = jax.random.split(key)
+            h = self.features
+            return self.bias_init(init_key, shape, dtype).at[h:2 * h].add(
+                _chrono_bias(chrono_key, h, self.chrono_max, dtype))
+
+        return init_fn
 
     def step_projected(self, carry: Array, projected: Array) -> tuple[Array, Array]:
         """`carry h: [*batch, H]`; `projected: [*batch, 3H]` from `project_inputs`."""
