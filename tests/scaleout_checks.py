@@ -106,7 +106,8 @@ def loop_runs(out: Path) -> dict:
         records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
         return [record["train/loss"] for record in records if "train/loss" in record]
 
-    cfg = config("mnist1d-cnn", "train.checkpoint_every=2", "train.eval_batch_size=500", "train.fsdp=true")
+    cfg = config("mnist1d-cnn", "model.features=(8,16,32)", "train.checkpoint_every=2", "train.eval_batch_size=500",
+                 "train.fsdp=true")
     dataset, model = build_dataset_and_model(cfg)
     one = Trainer(cfg, dataset, model, "data:1")
     report = {"data:1": {"losses": one.run(STEPS)}}
