@@ -7,6 +7,8 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = ""  # Set from the module name by experiments.get_config.
     config.seed = 0
+    # Device mesh, e.g. "data:8" or "data:4,model:2" (see jaxarch.train.mesh); "": every device on `data`.
+    config.mesh = ""
     config.data = ml_collections.ConfigDict({"name": "mnist1d"})
     config.model = ml_collections.ConfigDict({"name": "mlp"})
     config.optim = ml_collections.ConfigDict(dict(
@@ -28,5 +30,6 @@ def base_config() -> ml_collections.ConfigDict:
         eval_every=500,
         checkpoint_every=1000,  # 0: only the final checkpoint.
         keep_checkpoints=2,
+        fsdp=False,  # Also split parameters and optimizer state along the data axis (jaxarch.train.sharding).
     ))
     return config

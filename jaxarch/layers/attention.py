@@ -37,6 +37,7 @@ from jax import lax
 
 from jaxarch.checks import (check_axis_size, check_broadcastable, check_floating, check_integer,
                             check_positive_ints, check_rank, fail)
+from jaxarch.layers.partitioning import EMBED, HEAD_DIM, HEADS, KV_HEADS, with_axes
 from jaxarch.layers.position import RoPEConfig, apply_rope
 
 Dtype = Any
@@ -750,10 +751,11 @@ class MultiHeadAttention(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
 
-    def _dense(self, features, axis, name):
+    def _dense(self, features, axis, name, kernel_axes, bias_axes):
+        """`kernel_axes`, `bias_axes`: logical axis names of the kernel and bias (see `layers.partitioning`)."""
         return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                               bias_init=self.bias_init, name=name)
+                               param_dtype=self.param_dtype, kernel_init=with_axes(self.kernel_init, kernel_axes),
+                               bias_init=with_axes(self.bias_init, bias_axes), name=name)
 
     def _check_config(self, module: str, features: int):
         check_positive_ints(module, "num_heads", self.num_heads)
@@ -799,9 +801,12 @@ class MultiHeadAttention(nn.Module):
                 fail(module, "inputs_kv with rope", "given", "None (rotary embeddings need shared positions)")
         inputs_kv = inputs_q if self_attention else inputs_kv
 
-        query = self._dense((self.num_heads, head_dim), -1, "query")(inputs_q)  # [B, Tq, H, D]
-        key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, Tk, KVH, D]
-        value = self._dense((kv_heads, head_dim), -1, "value")(inputs_kv)
+        # Heads are the tensor-parallel axis: q/k/v split their output heads, `out` its input heads.
+        query = self._dense((self.num_heads, head_dim), -1, "query", (EMBED, HEADS, HEAD_DIM),
+                            (HEADS, HEAD_DIM))(inputs_q)  # [B, Tq, H, D]
+        kv_axes = ((EMBED, KV_HEADS, HEAD_DIM), (KV_HEADS, HEAD_DIM))
+        key = self._dense((kv_heads, head_dim), -1, "key", *kv_axes)(inputs_kv)  # [B, Tk, KVH, D]
+        value = self._dense((kv_heads, head_dim), -1, "value", *kv_axes)(inputs_kv)
         if self.qk_norm:
             query, key = self._normalise(query, "query_norm"), self._normalise(key, "key_norm")
 
@@ -827,7 +832,8 @@ class MultiHeadAttention(nn.Module):
             self.sow("intermediates", "attention_weights", weights)
         if self.decode:
             out = jnp.where(self.get_variable("cache", "overflowed"), jnp.nan, out)
-        out = self._dense(self.out_features or features, (-2, -1), "out")(out)  # [B, Tq, F_out]
+        out = self._dense(self.out_features or features, (-2, -1), "out", (HEADS, HEAD_DIM, EMBED),
+                          (EMBED,))(out)  # [B, Tq, F_out]
         return (out, weights) if return_weights else out
 
     def _rotate(self, x, positions):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxarch.checks import check_floating, check_positive_ints, check_rank, fail
 from jaxarch.layers.attention import MultiHeadAttention
+from jaxarch.layers.partitioning import EMBED, LAYERS, MLP, with_axes
 from jaxarch.layers.position import RoPEConfig
 
 Dtype = Any
@@ -49,12 +50,16 @@ class MLPBlock(nn.Module):
         features = x.shape[-1]
         hidden = self.hidden_features or int(self.mlp_ratio * features)
         check_positive_ints(module, "hidden width (mlp_ratio * features)", hidden)
-        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=self.kernel_init)
-        x = nn.Dense(hidden, name="hidden", **dense)(x)
+        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        zeros = nn.initializers.zeros_init()
+        # Hidden units are the tensor-parallel axis: `hidden` splits its outputs, `output` its inputs.
+        x = nn.Dense(hidden, name="hidden", kernel_init=with_axes(self.kernel_init, (EMBED, MLP)),
+                     bias_init=with_axes(zeros, (MLP,)), **dense)(x)
         x = nn.gelu(x, approximate=False)  # exact erf GELU, as BERT / ViT
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        return nn.Dense(self.out_features or features, name="output", **dense)(x)
+        return nn.Dense(self.out_features or features, name="output",
+                        kernel_init=with_axes(self.kernel_init, (MLP, EMBED)), bias_init=with_axes(zeros, (EMBED,)),
+                        **dense)(x)
 
 
 class _BlockFields(nn.Module):
@@ -170,7 +175,7 @@ def _run_layers(stack, block_cls, x, args, apply_block):
     if stack.scan_layers:
         scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                           split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
-                          length=stack.num_layers)
+                          length=stack.num_layers, metadata_params={nn.PARTITION_NAME: LAYERS})
         x, _ = scanned(block_cls(**kwargs, name="layers"), x, *args)
         return x
     for index in range(stack.num_layers):

@@ -13,13 +13,16 @@ import jax.numpy as jnp
 
 from jaxarch.checks import check_floating, check_integer, check_positive_ints, check_rank, fail
 from jaxarch.layers.conv import Conv
+from jaxarch.layers.partitioning import EMBED, VOCAB, with_axes
 from jaxarch.layers.position import LearnedPositionEmbedding, sinusoidal_positions
 from jaxarch.layers.transformer import TransformerDecoder, TransformerEncoder
 from jaxarch.models.registry import MODELS
 
 _POSITIONS = ("learned", "sinusoidal", "rope", "none")
 _POOLINGS = ("cls", "mean")
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)  # BERT / GPT-2 scale
+# BERT / GPT-2 scale; token tables split their vocabulary across a `model` mesh axis.
+_EMBED_INIT = with_axes(nn.initializers.normal(stddev=0.02), (VOCAB, EMBED))
+_HEAD_INIT = with_axes(nn.initializers.lecun_normal(), (EMBED, VOCAB))  # an untied output layer over tokens
 
 
 def _check_choice(module: str, name: str, value, allowed) -> None:
@@ -115,7 +118,7 @@ class GPT(_StackFields):
                                max_decode_length=self.max_length, name="decoder")(x, deterministic=not train)
         if self.tie_embeddings:
             return embed.attend(x)  # [B, T, V]
-        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, name="head")(x)
+        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
 
 
 class _EncoderClassifier(_StackFields):
@@ -293,5 +296,5 @@ class EncoderDecoder(_StackFields):
             target, encoded, encoder_mask=source_mask, deterministic=deterministic)
         if self.tie_embeddings:
             return target_embed.attend(x)
-        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, name="head")(x)
+        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
 

@@ -9,15 +9,18 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
 from jaxarch.train.checkpoint import Checkpointer
+from jaxarch.train.mesh import check_batch_size, describe, make_mesh, padded_batch_size, parse_mesh, place_batch
 from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.records import MetricsLog, plot_learning_curve, write_config
+from jaxarch.train.sharding import init_sharded_state, make_sharded_train_step
 from jaxarch.train.state import TrainState, count_params
-from jaxarch.train.steps import evaluate, make_eval_step, make_train_step
+from jaxarch.train.steps import evaluate, make_eval_step
 from jaxarch.train.tasks import TASKS
 
 REQUIRED_SECTIONS = ("data", "model", "optim", "train")
@@ -25,9 +28,9 @@ REQUIRED_SECTIONS = ("data", "model", "optim", "train")
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks the config's structure and arithmetic before anything is built or compiled."""
-    missing = [s for s in (*REQUIRED_SECTIONS, "seed", "name") if s not in config]
+    missing = [s for s in (*REQUIRED_SECTIONS, "seed", "name", "mesh") if s not in config]
     if missing:
-        raise ValueError(f"config: missing keys {missing}, expected {['name', 'seed', *REQUIRED_SECTIONS]}")
+        raise ValueError(f"config: missing keys {missing}, expected {['name', 'seed', 'mesh', *REQUIRED_SECTIONS]}")
     train = config.train
     for key in ("steps", "batch_size", "eval_batch_size"):
         if train[key] < 1:
@@ -35,6 +38,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("eval_every", "log_every", "checkpoint_every"):
         if train[key] < 0:
             raise ValueError(f"config: train.{key} is {train[key]}, expected >= 0 (0 turns it off)")
+    parse_mesh(config.mesh)
 
 
 def _progress(total: int, initial: int, enabled: bool | None):
@@ -43,13 +47,23 @@ def _progress(total: int, initial: int, enabled: bool | None):
                 file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
 
 
-def init_state(config: ml_collections.ConfigDict, dataset, model) -> TrainState:
-    """Parameters from the seed: the same seed gives the same initial state on the same machine."""
+def build_dataset_and_model(config: ml_collections.ConfigDict):
+    """The config's dataset and the model it sizes (outputs and vocabulary come from the dataset)."""
+    dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
+    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
+                        **{k: v for k, v in config.model.items() if k != "name"})
+    return dataset, model
+
+
+def init_state(config: ml_collections.ConfigDict, dataset, model, mesh: Mesh | None = None) -> TrainState:
+    """Parameters from the seed: the same seed gives the same initial state on the same machine, whatever the
+    mesh. The state is laid out on `mesh` (default: the config's) as `jaxarch.train.sharding` describes."""
     init_rng, dropout_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     example = np.zeros((1, *dataset.input_shape), dataset.train_batch(config.seed, 0, 1)["inputs"].dtype)
-    variables = jax.jit(lambda x: model.init({"params": init_rng, "dropout": dropout_rng}, x, train=False))(example)
     tx = make_optimizer(config.optim, config.train.steps)
-    return TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_rng)
+    return init_sharded_state(lambda: model.init({"params": init_rng, "dropout": dropout_rng}, example, train=False),
+                              model.apply, tx, state_rng, make_mesh(config.mesh) if mesh is None else mesh,
+                              fsdp=config.train.fsdp)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -58,29 +72,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
     Writes config.json, metrics.jsonl, learning_curve.png and checkpoints/ in `workdir`, and returns the
     final metrics: experiment, test metrics, params, train_seconds (the training loop's wall time, compile
-    included, evaluation and checkpointing excluded), steps and steps_per_second.
+    included, evaluation and checkpointing excluded), steps and steps_per_second. Trains on the mesh of
+    `config.mesh`; in a multi-process run every process calls this, and only process 0 writes the records.
     """
     validate_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start_wall = time.perf_counter()
 
-    dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
-    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
-                        **{k: v for k, v in config.model.items() if k != "name"})
+    dataset, model = build_dataset_and_model(config)
     task = TASKS.get(dataset.task)
     train, seed = config.train, config.seed
 
-    state = init_state(config, dataset, model)
+    mesh = make_mesh(config.mesh)
+    check_batch_size(mesh, train.batch_size, "train.batch_size")
+    primary = jax.process_index() == 0
+    state = init_state(config, dataset, model, mesh)
     checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints)
     resume_step = checkpointer.latest_step()
     if resume_step is not None:
         state = checkpointer.restore(state)
         print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
-    write_config(workdir, config)
-    log = MetricsLog(workdir / "metrics.jsonl", resume_step)
+    if primary:
+        write_config(workdir, config)
+    log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)
 
-    train_step, eval_step = make_train_step(task), make_eval_step(task)
+    train_step, eval_step = make_sharded_train_step(task, state, mesh), make_eval_step(task)
+    # Padding rows are masked out of the metrics, so evaluation may round its batch up to split evenly.
+    eval_batch_size = padded_batch_size(mesh, train.eval_batch_size)
     schedule = make_schedule(config.optim, train.steps)
     step = int(state.step)
     train_seconds = 0.0
@@ -90,7 +109,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     def run_eval(at_step: int) -> dict[str, float]:
         results = {}
         for split in dataset.split_names():
-            for name, value in evaluate(eval_step, state, dataset.eval_batches(split, train.eval_batch_size)).items():
+            batches = (place_batch(mesh, batch) for batch in dataset.eval_batches(split, eval_batch_size))
+            for name, value in evaluate(eval_step, state, batches).items():
                 results[f"{split}/{name}"] = value
         log.write(at_step, **results)
         return results
@@ -98,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     bar = _progress(train.steps, step, progress)
     loop_start = time.perf_counter()
     while step < train.steps:
-        state, metrics = train_step(state, dataset.train_batch(seed, step, train.batch_size))
+        state, metrics = train_step(state, place_batch(mesh, dataset.train_batch(seed, step, train.batch_size)))
         pending.append(metrics["loss"])
         step += 1
         bar.update(1)
@@ -130,9 +150,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     final = run_eval(train.steps)
     checkpointer.maybe_save(state, train.steps, force=True)
     checkpointer.close()
-    plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
-
-    sample = _maybe_sample(config, dataset, state, workdir)
+    if primary:
+        plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
+    # Sampling is a host-side loop of small steps; across processes it would need them all in lockstep.
+    sample = _maybe_sample(config, dataset, state, workdir) if jax.process_count() == 1 else None
     trained_steps = train.steps - (resume_step or 0)
     result = {
         "experiment": config.name,
@@ -143,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         "steps_per_second": round(trained_steps / train_seconds, 2) if train_seconds > 0 else None,
         "wall_seconds": round(time.perf_counter() - start_wall, 2),
         "resumed_from": resume_step,
+        "mesh": describe(mesh),
         "workdir": str(workdir),
     }
     if sample is not None:

@@ -15,10 +15,14 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl; on resume, drops records after the resumed step so
-    that no step appears twice."""
+    that no step appears twice. `enabled=False` writes nothing (the processes of a multi-process run other
+    than the first, which share its work directory)."""
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, resume_step: int | None, *, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
+        if not enabled:
+            return
         if resume_step is None:
             path.write_text("")
         elif path.exists():
@@ -27,6 +31,8 @@ class MetricsLog:
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in values.items()}}
         with self.path.open("a") as f:
