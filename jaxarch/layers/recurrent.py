@@ -136,7 +136,13 @@ class _FusedGateCell(nn.RNNCellBase):
     def initialize_carry(self, rng, input_shape: Sequence[int]) -> Carry:
         """Zero carry for inputs of shape `[*batch, in]`: `h: [*batch, features]` (LSTM: the pair `(c, h)`)."""
         del rng
-        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
+        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.carry_dtype)
+
+    @property
+    def carry_dtype(self):
+        """The parameters' dtype, or the compute dtype where that is wider (float64 compute keeps a float64
+        state; bfloat16 compute keeps a float32 one)."""
+        return self.param_dtype if self.dtype is None else jnp.promote_types(self.param_dtype, self.dtype)
 
     def _recurrent_init(self) -> Initializer:
         return _per_gate(self.recurrent_kernel_init, self.num_gates)
@@ -282,7 +288,7 @@ class LSTMCell(_FusedGateCell):
     def initialize_carry(self, rng, input_shape: Sequence[int]) -> tuple[Array, Array]:
         """Zero `(c, h)`, each `[*batch, features]`, for inputs `[*batch, in]`."""
         del rng
-        zeros = jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
+        zeros = jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.carry_dtype)
         return zeros, zeros
 
     def _input_bias_init(self) -> Initializer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,28 +14,15 @@ from tqdm.auto import tqdm
 
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
-from jaxarch.train.checkpoint import Checkpointer
+from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer
+from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
+from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
+                                     validate_config)
 from jaxarch.train.records import MetricsLog, plot_learning_curve, write_config
 from jaxarch.train.state import TrainState, count_params
 from jaxarch.train.steps import evaluate, make_eval_step, make_train_step
 from jaxarch.train.tasks import TASKS
-
-REQUIRED_SECTIONS = ("data", "model", "optim", "train")
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks the config's structure and arithmetic before anything is built or compiled."""
-    missing = [s for s in (*REQUIRED_SECTIONS, "seed", "name") if s not in config]
-    if missing:
-        raise ValueError(f"config: missing keys {missing}, expected {['name', 'seed', *REQUIRED_SECTIONS]}")
-    train = config.train
-    for key in ("steps", "batch_size", "eval_batch_size"):
-        if train[key] < 1:
-            raise ValueError(f"config: train.{key} is {train[key]}, expected a positive integer")
-    for key in ("eval_every", "log_every", "checkpoint_every"):
-        if train[key] < 0:
-            raise ValueError(f"config: train.{key} is {train[key]}, expected >= 0 (0 turns it off)")
 
 
 def _progress(total: int, initial: int, enabled: bool | None):
@@ -46,44 +34,58 @@ def _progress(total: int, initial: int, enabled: bool | None):
 def init_state(config: ml_collections.ConfigDict, dataset, model) -> TrainState:
     """Parameters from the seed: the same seed gives the same initial state on the same machine."""
     init_rng, dropout_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    example = np.zeros((1, *dataset.input_shape), dataset.train_batch(config.seed, 0, 1)["inputs"].dtype)
-    variables = jax.jit(lambda x: model.init({"params": init_rng, "dropout": dropout_rng}, x, train=False))(example)
+    variables = jax.jit(lambda x: model.init({"params": init_rng, "dropout": dropout_rng}, x, train=False))(
+        example_inputs(dataset, config.seed))
     tx = make_optimizer(config.optim, config.train.steps)
     return TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_rng)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        progress: bool | None = None) -> dict:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+    """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
     Writes config.json, metrics.jsonl, learning_curve.png and checkpoints/ in `workdir`, and returns the
     final metrics: experiment, test metrics, params, train_seconds (the training loop's wall time, compile
-    included, evaluation and checkpointing excluded), steps and steps_per_second.
+    included, evaluation and checkpointing excluded), steps, steps_per_second and the best checkpoint's step.
+    A non-finite loss or gradient raises `NonFiniteError` (under `train.nonfinite="stop"`) after the last
+    good checkpoint has been written out.
     """
     validate_config(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare_workdir(workdir)
     start_wall = time.perf_counter()
 
-    dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
-    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
-                        **{k: v for k, v in config.model.items() if k != "name"})
+    try:
+        dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
+    except ValueError as err:
+        raise config_error(config.data, "data", err) from None
+    try:
+        model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
+                            **{k: v for k, v in config.model.items() if k != "name"})
+    except ValueError as err:
+        raise config_error(config.model, "model", err) from None
+    check_model_accepts_data(config, dataset, model)
     task = TASKS.get(dataset.task)
     train, seed = config.train, config.seed
 
     state = init_state(config, dataset, model)
-    checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints)
-    resume_step = checkpointer.latest_step()
-    if resume_step is not None:
-        state = checkpointer.restore(state)
+    # The best checkpoint is judged on the first evaluation split by the task's headline metric.
+    best_metric = f"{dataset.split_names()[0]}/{task.primary_metric}"
+    checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints,
+                                best_metric=best_metric, higher_is_better=task.higher_is_better)
+    restored = checkpointer.restore(state)
+    resume_step = None
+    if restored is not None:
+        state, resume_step = restored
         print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
     write_config(workdir, config)
     log = MetricsLog(workdir / "metrics.jsonl", resume_step)
 
-    train_step, eval_step = make_train_step(task), make_eval_step(task)
+    skipping = train.nonfinite == "skip"
+    train_step = make_train_step(task, skip_nonfinite=skipping, donate=not train.debug_nans)
+    eval_step = make_eval_step(task)
+    guard = NonFiniteGuard(flag_names(state.params), train.nonfinite)
     schedule = make_schedule(config.optim, train.steps)
     step = int(state.step)
-    train_seconds = 0.0
     pending: list[jax.Array] = []  # Per-step losses, read back only when logged so dispatch stays async.
     last_log = (step, time.perf_counter())
 
@@ -95,41 +97,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         log.write(at_step, **results)
         return results
 
+    debug_nans = jax.config.jax_debug_nans
+    jax.config.update("jax_debug_nans", bool(train.debug_nans))
     bar = _progress(train.steps, step, progress)
-    loop_start = time.perf_counter()
-    while step < train.steps:
-        state, metrics = train_step(state, dataset.train_batch(seed, step, train.batch_size))
-        pending.append(metrics["loss"])
-        step += 1
-        bar.update(1)
-        if train.log_every and (step % train.log_every == 0 or step == train.steps):
-            loss = float(np.mean(jax.device_get(pending)))
-            pending.clear()
-            now = time.perf_counter()
-            rate = (step - last_log[0]) / (now - last_log[1])
-            last_log = (step, now)
-            log.write(step, **{"train/loss": loss, "train/learning_rate": float(schedule(step)),
-                               "train/steps_per_second": rate})
-            bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
-        pauses = time.perf_counter()
-        evaluated = train.eval_every and step % train.eval_every == 0 and step < train.steps
-        if evaluated:
-            jax.block_until_ready(state)
-            pauses = time.perf_counter()
-            run_eval(step)
-        saved = checkpointer.maybe_save(state, step)
-        if evaluated or saved:
-            # Evaluation and checkpoint writing are not training time.
-            paused = time.perf_counter() - pauses
-            loop_start += paused
-            last_log = (last_log[0], last_log[1] + paused)
-    jax.block_until_ready(state)
-    train_seconds = time.perf_counter() - loop_start
-    bar.close()
-
-    final = run_eval(train.steps)
-    checkpointer.maybe_save(state, train.steps, force=True)
-    checkpointer.close()
+    try:
+        loop_start = time.perf_counter()
+        while step < train.steps:
+            try:
+                state, metrics = train_step(state, dataset.train_batch(seed, step, train.batch_size))
+            except FloatingPointError as err:  # raised by jax_debug_nans, naming the operation
+                raise NonFiniteError(step + 1, "value inside the train step", str(err).splitlines()[0]) from err
+            pending.append(metrics["loss"])
+            step += 1
+            guard.record(step, metrics["finite"])
+            bar.update(1)
+            logged = train.log_every and (step % train.log_every == 0 or step == train.steps)
+            evaluated = train.eval_every and step % train.eval_every == 0 and step < train.steps
+            saving = evaluated or checkpointer.should_save(step)
+            if logged or saving or guard.due():
+                guard.check()  # Nothing from a non-finite step is ever logged or saved.
+            if logged:
+                losses = np.asarray(jax.device_get(pending))
+                pending.clear()
+                finite = losses[np.isfinite(losses)]  # Only skipped steps can be non-finite here.
+                loss = float(np.mean(finite)) if finite.size else math.nan
+                now = time.perf_counter()
+                rate = (step - last_log[0]) / (now - last_log[1])
+                last_log = (step, now)
+                extra = {"train/skipped_steps": int(state.skipped_steps)} if skipping else {}
+                log.write(step, **{"train/loss": loss, "train/learning_rate": float(schedule(step)),
+                                   "train/steps_per_second": rate}, **extra)
+                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
+            if saving:
+                # Evaluation and checkpoint writing are not training time.
+                jax.block_until_ready(state)
+                pause_start = time.perf_counter()
+                checkpointer.save(state, step, run_eval(step) if evaluated else None)
+                paused = time.perf_counter() - pause_start
+                loop_start += paused
+                last_log = (last_log[0], last_log[1] + paused)
+        guard.check()
+        jax.block_until_ready(state)
+        train_seconds = time.perf_counter() - loop_start
+        final = run_eval(train.steps)
+        checkpointer.save(state, train.steps, final)
+    except NonFiniteError as err:
+        err.last_checkpoint, err.checkpoint_dir = checkpointer.latest_step(), str(workdir / CHECKPOINTS)
+        raise
+    finally:
+        bar.close()
+        jax.config.update("jax_debug_nans", debug_nans)
+        checkpointer.close()  # Waits for a checkpoint still being written, even when stopping on an error.
     plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
 
     sample = _maybe_sample(config, dataset, state, workdir)
@@ -143,8 +161,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         "steps_per_second": round(trained_steps / train_seconds, 2) if train_seconds > 0 else None,
         "wall_seconds": round(time.perf_counter() - start_wall, 2),
         "resumed_from": resume_step,
+        "best_checkpoint_step": checkpointer.best_step(),
         "workdir": str(workdir),
     }
+    if skipping:
+        result["skipped_steps"] = int(state.skipped_steps)
     if sample is not None:
         result["sample"] = sample
     return result
