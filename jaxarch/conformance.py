@@ -107,9 +107,14 @@ def _register(name: str, case: Case) -> None:
     CASES.register(name)(case)
 
 
-# Bad inputs shared by many cases: the first argument one rank short, as integers, or with other features.
+# Bad inputs shared by many cases: the first argument one rank short or reduced to a vector (for layers that
+# also take unbatched inputs), as integers, or with other features than at init.
 def _rank_short(args: Args) -> Args:
     return (args[0][0], *args[1:])
+
+
+def _vector(args: Args) -> Args:
+    return (args[0][(0,) * (args[0].ndim - 1)], *args[1:])
 
 
 def _as_integers(args: Args) -> Args:
@@ -122,6 +127,9 @@ def _fewer_features(args: Args) -> Args:
 
 _FLOAT_INPUT_ERRORS = {"rank": _rank_short, "dtype": _as_integers}
 _TRAINED_INPUT_ERRORS = {**_FLOAT_INPUT_ERRORS, "features": _fewer_features}
+# For layers that accept several ranks (unbatched inputs, any number of spatial axes).
+_ANY_RANK_ERRORS = {"rank": _vector, "dtype": _as_integers}
+_ANY_RANK_TRAINED_ERRORS = {**_ANY_RANK_ERRORS, "features": _fewer_features}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,29 +140,29 @@ def _image(rng, dtype):
 
 
 _register("Conv", Case("Conv", _image, build=lambda dtype: layers.Conv(4, (3, 2), padding="SAME", dtype=dtype),
-                       invalid=_TRAINED_INPUT_ERRORS))
+                       invalid=_ANY_RANK_TRAINED_ERRORS))
 _register("ConvTranspose", Case("ConvTranspose", _image,
                                 build=lambda dtype: layers.ConvTranspose(4, (3, 2), strides=2, dtype=dtype),
-                                invalid=_TRAINED_INPUT_ERRORS))
+                                invalid=_ANY_RANK_TRAINED_ERRORS))
 _register("max_pool", Case("max_pool", _image, function=lambda x: layers.max_pool(x, (2, 3)),
-                           invalid={**_FLOAT_INPUT_ERRORS, "window larger than input": lambda a: (a[0][:, :1],)}))
+                           invalid={**_ANY_RANK_ERRORS, "window larger than input": lambda a: (a[0][:, :1],)}))
 _register("min_pool", Case("min_pool", _image,
                            function=lambda x: layers.min_pool(x, (3, 3), strides=2, padding="SAME"),
-                           invalid=_FLOAT_INPUT_ERRORS))
+                           invalid=_ANY_RANK_ERRORS))
 _register("avg_pool", Case("avg_pool", _image,
                            function=lambda x: layers.avg_pool(x, (2, 2), strides=1, padding=((1, 0), (0, 1)),
                                                               count_include_pad=False),
-                           invalid=_FLOAT_INPUT_ERRORS))
+                           invalid=_ANY_RANK_ERRORS))
 _register("global_avg_pool", Case("global_avg_pool", _image, function=layers.global_avg_pool,
-                                  invalid=_FLOAT_INPUT_ERRORS))
+                                  invalid=_ANY_RANK_ERRORS))
 _register("global_max_pool", Case("global_max_pool", _image, function=layers.global_max_pool,
-                                  invalid=_FLOAT_INPUT_ERRORS))
+                                  invalid=_ANY_RANK_ERRORS))
 _register("adaptive_avg_pool", Case("adaptive_avg_pool", _image,
                                     function=lambda x: layers.adaptive_avg_pool(x, (3, 4)),
-                                    invalid={"rank": lambda a: (a[0][0, 0],), "dtype": _as_integers}))
+                                    invalid=_ANY_RANK_ERRORS))
 _register("adaptive_max_pool", Case("adaptive_max_pool", _image,
                                     function=lambda x: layers.adaptive_max_pool(x, (2, 3)),
-                                    invalid={"rank": lambda a: (a[0][0, 0],), "dtype": _as_integers}))
+                                    invalid=_ANY_RANK_ERRORS))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -275,7 +283,7 @@ _register("StackedRNN", Case(
 # Transformer blocks and stacks: [batch, time, features].
 
 _register("MLPBlock", Case("MLPBlock", _tokens, build=lambda dtype: layers.MLPBlock(mlp_ratio=1.5, dtype=dtype),
-                           invalid=_TRAINED_INPUT_ERRORS))
+                           invalid=_ANY_RANK_TRAINED_ERRORS))
 _register("EncoderBlock", Case(
     "EncoderBlock", _tokens_and_mask, build=lambda dtype: layers.EncoderBlock(num_heads=3, dtype=dtype),
     keyword_args=("mask",), invalid={**_TRAINED_INPUT_ERRORS, "mask shape": _bad_mask}))
@@ -323,8 +331,8 @@ def _token_ids(rng, dtype):
 
 _TOKEN_ERRORS = {"rank": lambda a: (a[0][..., None],), "dtype": lambda a: (a[0].astype(jnp.float32),)}
 
-_register("model:logreg", _model_case("LogisticRegression", "logreg", _signal, {}, _TRAINED_INPUT_ERRORS))
-_register("model:mlp", _model_case("MLP", "mlp", _signal, {"hidden_sizes": (5, 4)}, _TRAINED_INPUT_ERRORS))
+_register("model:logreg", _model_case("LogisticRegression", "logreg", _signal, {}, _ANY_RANK_TRAINED_ERRORS))
+_register("model:mlp", _model_case("MLP", "mlp", _signal, {"hidden_sizes": (5, 4)}, _ANY_RANK_TRAINED_ERRORS))
 _register("model:cnn", _model_case("CNN", "cnn", _signal, {"features": (4, 5), "kernel_size": (3,), "norm": "layer"},
                                    _TRAINED_INPUT_ERRORS))
 _register("model:rnn", _model_case("RecurrentNet", "rnn", _signal,
@@ -336,7 +344,7 @@ _register("model:transformer", _model_case(
 _register("model:vit", _model_case(
     "ViT", "vit", lambda rng, dtype: (_normal(rng, (2, 6, 4, 3), dtype),),
     {"embed_dim": 8, "num_layers": 1, "num_heads": 2, "patch_size": 2},
-    {**_TRAINED_INPUT_ERRORS, "spatial not a multiple of patch_size": lambda a: (a[0][:, :5],)}))
+    {**_ANY_RANK_TRAINED_ERRORS, "spatial not a multiple of patch_size": lambda a: (a[0][:, :5],)}))
 _register("model:gpt", _model_case("GPT", "gpt", _token_ids, {"embed_dim": 8, "num_layers": 1, "num_heads": 2,
                                                              "max_length": 9},
                                    {**_TOKEN_ERRORS, "longer than max_length": lambda a: (jnp.tile(a[0], (1, 2)),)},

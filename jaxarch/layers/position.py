@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxarch.checks import check_floating, check_integer, check_positive_ints, check_rank, fail
+from jaxarch.checks import (check_floating, check_integer, check_positive_ints, check_rank, check_size_as_at_init,
+                            fail)
 
 Dtype = Any
 
@@ -56,6 +57,7 @@ class LearnedPositionEmbedding(nn.Module):
         check_rank(module, "inputs", inputs, 3, "[batch, time, features]")
         check_floating(module, "inputs", inputs)
         batch, length, features = inputs.shape
+        check_size_as_at_init(module, "inputs features (axis -1)", features, inputs.shape, self, ("embedding",), 1)
         if length > self.max_length:
             fail(module, "inputs time length", f"{length} (shape {inputs.shape})",
                  f"<= max_length {self.max_length}")

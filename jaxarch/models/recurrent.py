@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxarch.checks import fail
+from jaxarch.checks import check_size_as_at_init, fail
 from jaxarch.layers.recurrent import CELLS, StackedRNN
 from jaxarch.models.registry import MODELS
 from jaxarch.models.sequence_input import embed_or_check
@@ -42,6 +42,9 @@ class RecurrentNet(nn.Module):
         if self.readout not in _READOUTS:
             fail("RecurrentNet", "readout", repr(self.readout), f"one of {list(_READOUTS)}")
         x = embed_or_check("RecurrentNet", x, self.vocab_size, self.embed_dim, self.dtype)
+        first_cell = ("StackedRNN_0", "layer_0", *(("forward_rnn",) if self.bidirectional else ()), "cell")
+        check_size_as_at_init("RecurrentNet", "inputs features (axis -1)", x.shape[-1], x.shape, self,
+                              (*first_cell, "input_kernel"))
         cell_type = lambda features, **kw: CELLS[self.cell](features, dtype=self.dtype, **kw)
         y = StackedRNN(cell_type, self.hidden_sizes, bidirectional=self.bidirectional,
                        dropout_rate=self.dropout_rate, residual=self.residual, unroll=self.unroll)(

@@ -113,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
             bar.update(1)
             logged = train.log_every and (step % train.log_every == 0 or step == train.steps)
             evaluated = train.eval_every and step % train.eval_every == 0 and step < train.steps
-            saving = evaluated or checkpointer.should_save(step)
+            # The last step is saved after the final evaluation, with its metrics, below.
+            saving = evaluated or (checkpointer.should_save(step) and step < train.steps)
             if logged or saving or guard.due():
                 guard.check()  # Nothing from a non-finite step is ever logged or saved.
             if logged:

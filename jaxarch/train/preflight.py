@@ -149,9 +149,13 @@ def check_model_accepts_data(config: ml_collections.ConfigDict, dataset, model) 
     layers check (heads dividing the width, kernels fitting VALID inputs, sequences within max_length, ...)
     fires here, restated with the config keys involved."""
     example = example_inputs(dataset, config.seed)
-    rng = jax.random.PRNGKey(0)
+
+    def init(x):
+        rng = jax.random.PRNGKey(0)  # Made inside the trace: nothing here runs on the device.
+        return model.init({"params": rng, "dropout": rng}, x, train=False)
+
     try:
-        jax.eval_shape(lambda x: model.init({"params": rng, "dropout": rng}, x, train=False), example)
+        jax.eval_shape(init, example)
     except (ValueError, TypeError) as err:
         context = (f"model {config.model.name!r} cannot take dataset {config.data.name!r}'s inputs "
                    f"(one example: {tuple(dataset.input_shape)} {example.dtype}): ")
