@@ -2,7 +2,6 @@
 checkpoints are detected and passed over; retention keeps the latest and the best."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

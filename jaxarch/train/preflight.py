@@ -5,7 +5,6 @@ config key and what it allows, so a typo costs seconds, not a traceback from ins
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import tempfile
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxarch.config import nearest
 from jaxarch.train.nonfinite import POLICIES
 from jaxarch.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -71,11 +71,6 @@ REQUIRED = ("name", "seed", "data", "model", "optim", "train")
 OPTIONAL_SECTIONS = ("sample",)
 
 
-def _nearest(key: str, candidates) -> str:
-    close = difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
-
-
 def _check_value(path: str, value, option: Option) -> None:
     # bool is an int to Python; a flag where a count belongs is a mistake, not a 1.
     wrong_type = not isinstance(value, option.types) or (isinstance(value, bool) and bool not in option.types)
@@ -91,7 +86,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     known = (*REQUIRED, *OPTIONAL_SECTIONS)
     for key in config:
         if key not in known:
-            raise ValueError(f"config: unknown key {key!r}{_nearest(key, known)}; valid top-level keys are: "
+            raise ValueError(f"config: unknown key {key!r}{nearest(key, known)}; valid top-level keys are: "
                              f"{', '.join(known)}")
     if not isinstance(config.seed, int) or isinstance(config.seed, bool):
         raise ValueError(f"config: seed is {config.seed!r}, expected an integer")
@@ -106,7 +101,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             path = f"{section}.{key}"
             if key not in options:
                 valid = [f"{section}.{k}" for k in options]
-                raise ValueError(f"config: unknown key {path!r}{_nearest(path, valid)}; valid keys are: "
+                raise ValueError(f"config: unknown key {path!r}{nearest(path, valid)}; valid keys are: "
                                  f"{', '.join(valid)}")
             _check_value(path, value, options[key])
         absent = [f"{section}.{k}" for k in options if k not in config[section]]
