@@ -97,8 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         log.write(at_step, **results)
         return results
 
-    debug_nans = jax.config.jax_debug_nans
-    jax.config.update("jax_debug_nans", bool(train.debug_nans))
+    debug_nans = jax.config.jax_debug_nans  # A setting made outside the run is left as it was.
+    jax.config.update("jax_debug_nans", debug_nans or bool(train.debug_nans))
     bar = _progress(train.steps, step, progress)
     try:
         loop_start = time.perf_counter()
