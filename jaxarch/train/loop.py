@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -97,8 +98,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         log.write(at_step, **results)
         return results
 
-    debug_nans = jax.config.jax_debug_nans  # A setting made outside the run is left as it was.
-    jax.config.update("jax_debug_nans", debug_nans or bool(train.debug_nans))
+    # A context, not a global update: it overrides any setting in force and restores it afterwards.
+    debug_nans = jax.debug_nans(True) if train.debug_nans else contextlib.nullcontext()
+    debug_nans.__enter__()
     bar = _progress(train.steps, step, progress)
     try:
         loop_start = time.perf_counter()
@@ -147,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         raise
     finally:
         bar.close()
-        jax.config.update("jax_debug_nans", debug_nans)
+        debug_nans.__exit__(None, None, None)
         checkpointer.close()  # Waits for a checkpoint still being written, even when stopping on an error.
     plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
 
