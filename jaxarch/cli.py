@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -44,7 +45,12 @@ def _restart(workdir: Path, distributed: bool) -> None:
     import jax
 
     if workdir.exists() and jax.process_index() == 0:
-        shutil.rmtree(workdir)
+        try:
+            shutil.rmtree(workdir)
+        except OSError as err:
+            raise ValueError(f"workdir: --restart could not delete {str(workdir)!r} ({err.strerror}), expected a "
+                             "directory this process can delete") from None
+        print(f"[jaxarch] --restart: deleted {workdir}, starting from step 0", file=sys.stderr)
     if distributed:
         from jax.experimental import multihost_utils
 
@@ -75,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment; the last stdout line is a JSON of final metrics")
     run.add_argument("name", help="experiment name, see `jaxarch list`")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its checkpoints")
+    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its newest intact "
+                     "checkpoint")
     run.add_argument("--restart", action="store_true", help="delete the work directory's contents first")
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-process run (jax.distributed); the processes are found from SLURM, Open MPI "
@@ -100,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses besides 0: argparse's own usage errors are 2 as well.
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     args = build_parser().parse_args(argv)
@@ -108,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         # Configuration and input errors are the user's to fix: show the message, not a traceback.
         print(f"jaxarch: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RuntimeError as err:
+        from jaxarch.train.nonfinite import NonFiniteError  # Imported here: `list` never loads JAX.
+
+        if not isinstance(err, NonFiniteError):
+            raise
+        if err.__cause__ is not None:  # jax_debug_nans: the traceback shows where the NaN arose
+            traceback.print_exception(err.__cause__, file=sys.stderr)
+        print(f"jaxarch: error: {err}", file=sys.stderr)
+        return EXIT_NON_FINITE
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ class Trainer:
             batch = place_batch(self.mesh, self.dataset.train_batch(self.cfg.seed, step, self.cfg.train.batch_size))
             self.state, metrics = self.step(self.state, batch)
             losses.append(float(metrics["loss"]))
-            if checkpointer is not None:
-                checkpointer.maybe_save(self.state, step + 1)
+            if checkpointer is not None and checkpointer.should_save(step + 1):
+                checkpointer.save(self.state, step + 1)
         return losses
 
 
@@ -92,7 +92,7 @@ def losses_on_meshes(name: str, overrides: list[str], meshes: dict[str, list[str
     shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # As if the run had died after step 2.
     one = trainers["data:1"]
     checkpointer = Checkpointer(workdir, every=2, keep=STEPS)
-    one.state = checkpointer.restore(one.state)
+    one.state, _ = checkpointer.restore(one.state)
     checkpointer.close()
     report["checkpoint"].update(restored_on="data:1", resumed_from=int(one.state.step),
                                 params=shardings(one.state.params), losses=one.run(STEPS))

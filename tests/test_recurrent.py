@@ -375,7 +375,7 @@ def test_validation_errors():
         model.apply(params, x, initial_carry=jnp.zeros((BATCH, HIDDEN)))
     with pytest.raises(ValueError, match="RNN: inputs time size is 0"):
         model.apply(params, x[:, :0])
-    with pytest.raises(ValueError, match=r"LSTMCell: inputs \(vs. existing input_kernel\) features"):
+    with pytest.raises(ValueError, match=rf"RNN: inputs features \(axis -1\) is {IN + 1} .*expected {IN}, the size"):
         model.apply(params, _inputs(0, (BATCH, TIME, IN + 1)))
     cell = GRUCell(HIDDEN)
     with pytest.raises(ValueError, match="GRUCell: carry shapes"):

@@ -53,7 +53,7 @@ import numpy as np
 from flax.linen import initializers
 
 from jaxarch.checks import (check_axis_size, check_floating, check_integer, check_positive_ints, check_rank,
-                            fail)
+                            check_size_as_at_init, fail)
 
 Array = jax.Array
 Carry = Any
@@ -148,7 +148,13 @@ class _FusedGateCell(nn.RNNCellBase):
     def initialize_carry(self, rng, input_shape: Sequence[int]) -> Carry:
         """Zero carry for inputs of shape `[*batch, in]`: `h: [*batch, features]` (LSTM: the pair `(c, h)`)."""
         del rng
-        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
+        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.carry_dtype)
+
+    @property
+    def carry_dtype(self):
+        """The parameters' dtype, or the compute dtype where that is wider (float64 compute keeps a float64
+        state; bfloat16 compute keeps a float32 one)."""
+        return self.param_dtype if self.dtype is None else jnp.promote_types(self.param_dtype, self.dtype)
 
     def _recurrent_init(self) -> Initializer:
         return _per_gate(self.recurrent_kernel_init, self.num_gates)
@@ -297,7 +303,7 @@ class LSTMCell(_FusedGateCell):
     def initialize_carry(self, rng, input_shape: Sequence[int]) -> tuple[Array, Array]:
         """Zero `(c, h)`, each `[*batch, features]`, for inputs `[*batch, in]`."""
         del rng
-        zeros = jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
+        zeros = jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.carry_dtype)
         return zeros, zeros
 
     def _input_bias_init(self) -> Initializer:
@@ -579,6 +585,8 @@ class RNN(nn.Module):
         num_steps, batch, in_features = x.shape
         if num_steps == 0:
             fail(name, "inputs time size", f"0 (shape {inputs.shape})", f"at least one step {layout}")
+        check_size_as_at_init(name, "inputs features (axis -1)", in_features, inputs.shape, self,
+                              ("cell", "input_kernel"))
 
         mask = None
         if seq_lengths is not None:
@@ -719,13 +727,20 @@ class Bidirectional(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, *, seq_lengths: Array | None = None, initial_carry: Carry | None = None,
                  return_carry: bool | None = None) -> Array | tuple[Carry, Array]:
+        name = "Bidirectional"
         return_carry = self.return_carry if return_carry is None else return_carry
+        check_rank(name, "inputs", inputs, 3, "[batch, time, features]")
+        check_floating(name, "inputs", inputs)
+        check_size_as_at_init(name, "inputs features (axis -1)", inputs.shape[-1], inputs.shape, self,
+                              ("forward_rnn", "cell", "input_kernel"))
+        if seq_lengths is not None:
+            _check_seq_lengths(name, seq_lengths, inputs.shape[0], inputs.shape[1])
         if initial_carry is None:
             forward_carry = backward_carry = None
         elif isinstance(initial_carry, tuple) and len(initial_carry) == 2:
             forward_carry, backward_carry = initial_carry
         else:
-            fail("Bidirectional", "initial_carry", type(initial_carry).__name__, "a (forward, backward) pair")
+            fail(name, "initial_carry", type(initial_carry).__name__, "a (forward, backward) pair")
         forward_carry, forward_out = self.forward_rnn(inputs, seq_lengths=seq_lengths, initial_carry=forward_carry,
                                                       return_carry=True)
         backward_carry, backward_out = self.backward_rnn(inputs, seq_lengths=seq_lengths,
@@ -782,6 +797,10 @@ class StackedRNN(nn.Module):
         else:
             make_cell = self.cell_type
         check_rank(name, "inputs", inputs, 3, "[batch, time, features]")
+        check_floating(name, "inputs", inputs)
+        first_cell = ("layer_0", "forward_rnn", "cell") if self.bidirectional else ("layer_0", "cell")
+        check_size_as_at_init(name, "inputs features (axis -1)", inputs.shape[-1], inputs.shape, self,
+                              (*first_cell, "input_kernel"))
         if initial_carry is not None and len(initial_carry) != len(sizes):
             fail(name, "initial_carry length", len(initial_carry), f"{len(sizes)} (one carry per layer)")
         mask = None

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxarch.checks import fail
+from jaxarch.checks import check_size_as_at_init, fail
 from jaxarch.layers.recurrent import CELLS, StackedRNN
 from jaxarch.models.registry import MODELS
 from jaxarch.models.sequence_input import embed_or_check
@@ -49,6 +49,9 @@ class RecurrentNet(nn.Module):
             fail("RecurrentNet", "chrono_max", f"{self.chrono_max} with cell 'rnn'", "0: the tanh RNN has no gates")
         x = embed_or_check("RecurrentNet", x, self.vocab_size, self.embed_dim, self.dtype)
         x = self._frames(x)
+        first_cell = ("StackedRNN_0", "layer_0", *(("forward_rnn",) if self.bidirectional else ()), "cell")
+        check_size_as_at_init("RecurrentNet", "inputs features (axis -1)", x.shape[-1], x.shape, self,
+                              (*first_cell, "input_kernel"))
         gates = {"chrono_max": self.chrono_max} if self.chrono_max else {}
         cell_type = lambda features, **kw: CELLS[self.cell](features, dtype=self.dtype, **gates, **kw)
         y = StackedRNN(cell_type, self.hidden_sizes, bidirectional=self.bidirectional,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxarch.checks import check_floating, check_integer, check_positive_ints, check_rank, fail
+from jaxarch.checks import (check_floating, check_integer, check_positive_ints, check_rank, check_size_as_at_init,
+                            fail)
 from jaxarch.layers.conv import Conv
 from jaxarch.layers.partitioning import EMBED, VOCAB, with_axes
 from jaxarch.layers.position import LearnedPositionEmbedding, sinusoidal_positions
@@ -154,6 +155,13 @@ class _EncoderClassifier(_StackFields):
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
 
 
+def _check_input_channels(module: str, owner: nn.Module, x, stem: tuple[int, ...], first_layer: str) -> None:
+    """Float inputs must keep the channel count the first layer (stem or `first_layer`) was initialised for."""
+    path, axis = (("stem_0", "kernel"), -2) if stem else ((first_layer, "kernel"), -2 if first_layer.startswith(
+        "patch") else 0)
+    check_size_as_at_init(module, "inputs features (axis -1)", x.shape[-1], x.shape, owner, path, axis)
+
+
 def _conv_stem(features: tuple[int, ...], kernel_size: int, rank: int, dtype, x):
     """Conv -> GELU for each entry of `features`, stride 1 and "SAME" padding (Xiao et al. 2021, "Early
     convolutions help transformers see better"): a locality prior before the tokens mix globally."""
@@ -196,6 +204,7 @@ class TransformerClassifier(_EncoderClassifier):
         else:
             check_rank(module, "inputs", inputs, 3, "[batch, time, features] (or set vocab_size for token ids)")
             check_floating(module, "inputs", inputs)
+            _check_input_channels(module, self, inputs, self.stem, "input_projection")
             x = _conv_stem(self.stem, self.stem_kernel_size, 1, self.dtype, inputs)
             tokens = nn.Dense(self.embed_dim, dtype=self.dtype, name="input_projection")(x)  # [B, T, D]
         return self._classify(module, tokens, self.positions, self.max_length, train, mask)
@@ -230,6 +239,7 @@ class ViT(_EncoderClassifier):
         if any(size % p for size, p in zip(spatial, patch)):
             fail(module, "inputs spatial shape", f"{spatial} (shape {inputs.shape})",
                  f"multiples of patch_size {patch}")
+        _check_input_channels(module, self, inputs, self.stem, "patch_embedding")
         x = _conv_stem(self.stem, self.stem_kernel_size, rank, self.dtype, inputs)
         x = Conv(self.embed_dim, patch, strides=patch, padding="VALID", dtype=self.dtype,
                  name="patch_embedding")(x)  # [B, *spatial / patch, D]

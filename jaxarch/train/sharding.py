@@ -71,16 +71,18 @@ def init_sharded_state(init_variables: Callable[[], dict], apply_fn: Callable, t
     params = param_shardings(boxed["params"], mesh, fsdp=fsdp)
     everywhere = replicated(mesh)
     shardings = abstract.replace(
-        step=everywhere, rng=everywhere, params=params,
+        step=everywhere, rng=everywhere, skipped_steps=everywhere, params=params,
         model_state=jax.tree.map(lambda _: everywhere, abstract.model_state),
         opt_state=optax.tree_map_params(tx, lambda _, sharding: sharding, abstract.opt_state, params,
                                         transform_non_params=lambda _: everywhere))
     return jax.jit(create, out_shardings=shardings)()
 
 
-def make_sharded_train_step(task: Task, state: TrainState, mesh: Mesh):
-    """`make_train_step`'s step, jitted to take and return the state in the shardings `state` has now (donated)
-    and a batch split along `data`; the metrics come back replicated."""
+def make_sharded_train_step(task: Task, state: TrainState, mesh: Mesh, *, skip_nonfinite: bool = False,
+                            donate: bool = True):
+    """`make_train_step`'s step, jitted to take and return the state in the shardings `state` has now (donated
+    unless `donate` is False) and a batch split along `data`; the metrics come back replicated."""
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    return jax.jit(make_train_step(task, jit=False), donate_argnums=0,
+    step = make_train_step(task, jit=False, skip_nonfinite=skip_nonfinite)
+    return jax.jit(step, donate_argnums=0 if donate else (),
                    in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, replicated(mesh)))
