@@ -73,6 +73,11 @@ def markdown(result: dict) -> str:
     if "scaling" in result:
         lines += ["", *_scaling_table(result["scaling"]["sequence_length"], "time", "sequence length"),
                   "", *_scaling_table(result["scaling"]["image_size"], "image", "image size")]
+    for name, rows in result.get("device_scaling", {}).items():
+        lines += ["", f"{name}: train-step throughput against device count (global batch {rows[0]['batch_size']}):",
+                  "", "| mesh | devices | examples/s | speed-up | efficiency |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {row['mesh']} | {row['devices']} | {row['examples_per_second']:.0f} | {row['speedup']:.2f} | "
+                  f"{row['efficiency']:.2f} |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -1,74 +1,98 @@
-"""Scaling curves: training-step time against sequence length for an LSTM layer and a causal Transformer block
-(jaxarch's `RNN(LSTMCell)` and `DecoderBlock`, the same width), and against image size for the CNN (jaxarch and
-Flax's built-ins).
+"""Train-step throughput against device count: one experiment's jitted train step timed on a series of meshes.
 
-The sequence curve measures the claim that processing every position in parallel is faster than a recurrence:
-the LSTM's work grows linearly with length but runs as `time` dependent steps, the block's grows quadratically
-but runs as a few large matmuls. A small batch keeps the longest block (T = 4096, where jaxarch switches to its
-blockwise attention) within seconds on a CPU. At each point the models are timed side by side.
+For each mesh (by default `data:1`, `data:2`, `data:4`, ... up to every device) the experiment's train state is
+built on that mesh (`jaxarch.train.init_state`, with the config's `train.fsdp`) and its sharded train step is
+timed by `jaxarch.benchmarks.timing.time_jax_step` on one fixed batch. Strong scaling by default: the global batch
+stays `train.batch_size` on every mesh; with `per_device_batch_size` the global batch grows with the data axis
+(weak scaling). Each row reports steps and examples per second, the speed-up over the first mesh and the
+parallel efficiency (speed-up / device-count ratio).
+
+`measure_scaling(config, meshes)` is the piece a benchmark suite calls when `jax.device_count() > 1`.
+
+Command: python benchmarks/scaling.py [EXPERIMENT] [key=value ...] [--meshes data:1 data:4,model:2 ...]
+[--per-device-batch N] [--out benchmarks/results/scaling.json]
+On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=8` simulates 8 devices; they share the same cores,
+so such numbers measure partitioning overhead, not speed-up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import math
+import sys
+from pathlib import Path
 
-from jaxarch.benchmarks.jax_models import build_model, train_step
-from jaxarch.benchmarks.timing import time_runs_interleaved, timed_calls
-from jaxarch.benchmarks.workloads import make_data
+import jax
+import ml_collections
 
-SEQUENCE_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
-SEQUENCE_SHAPE = dict(batch=2, features=256, heads=4)
-IMAGE_SIZES = (28, 56, 112, 224)
-IMAGE_SHAPE = dict(batch=16, channels=1)
-QUICK_SEQUENCE_LENGTHS = (32, 64)
-QUICK_SEQUENCE_SHAPE = dict(batch=2, features=64, heads=4)
-QUICK_IMAGE_SIZES = (16, 32)
-QUICK_IMAGE_SHAPE = dict(batch=4, channels=1)
-
-
-def _sequence_models(length: int, shape: dict) -> dict[str, tuple[str, str, dict]]:
-    """label -> (implementation, family, workload shape) at sequence length `length`."""
-    recurrent = dict(batch=shape["batch"], time=length, features_in=shape["features"], hidden=shape["features"])
-    block = dict(batch=shape["batch"], time=length, features=shape["features"], heads=shape["heads"])
-    return {"lstm": ("jaxarch", "lstm", recurrent), "transformer": ("jaxarch", "attention", block)}
+from jaxarch.benchmarks.timing import environment, time_jax_step, write_json
+from jaxarch.train import TASKS, init_state
+from jaxarch.train.loop import build_dataset_and_model
+from jaxarch.train.mesh import DATA, MODEL, check_batch_size, describe, make_mesh, place_batch
+from jaxarch.train.sharding import make_sharded_train_step
 
 
-def _image_models(size: int, shape: dict, implementations: Sequence[str]) -> dict[str, tuple[str, str, dict]]:
-    conv = dict(batch=shape["batch"], image=size, channels=shape["channels"])
-    return {name: (name, "conv", conv) for name in implementations}
+def default_meshes(device_count: int) -> list[str]:
+    """`data:1`, `data:2`, `data:4`, ... (powers of two) and `data:<device_count>`."""
+    if not isinstance(device_count, int) or device_count < 1:
+        raise ValueError(f"default_meshes: device_count is {device_count!r}, expected a positive int")
+    counts = {2 ** i for i in range(int(math.log2(device_count)) + 1)} | {device_count}
+    return [f"{DATA}:{count}" for count in sorted(counts)]
 
 
-def _curve(axis: str, values: Sequence[int], models_at, dtype, quick: bool, log) -> list[dict]:
-    """Times `models_at(value)` side by side at each value; one point per model and value."""
-    points = []
-    for value in values:
-        runs, items = {}, {}
-        for label, (implementation, family, shape) in models_at(value).items():
-            inputs, targets = make_data(family, shape)
-            model = build_model(implementation, family, shape, dtype)
-            runs[label] = timed_calls(train_step(model, family, inputs, targets))
-            items[label] = shape["batch"] * shape.get("time", 1)
-        timings = time_runs_interleaved(runs, rounds=1 if quick else 2, repetitions=2 if quick else 4, warmup=1,
-                                        target_seconds=0.1 if quick else 2.0)
-        for label, timing in timings.items():
-            points.append({"model": label, axis: value, "median_seconds": timing.median_seconds,
-                           "compile_seconds": timing.compile_seconds, "repetitions": timing.repetitions,
-                           "items_per_second": items[label] * timing.steps_per_second})
-        log(f"scaling {axis} {value}: " + ", ".join(f"{label} {1e3 * t.median_seconds:.1f} ms"
-                                                     for label, t in timings.items()))
-    return points
+def measure_scaling(config: ml_collections.ConfigDict, meshes: list[str] | None = None, *,
+                    per_device_batch_size: int | None = None, repetitions: int = 20, warmup: int = 2) -> list[dict]:
+    """One row per mesh: mesh, devices, batch_size, steps_per_second, examples_per_second, median_seconds,
+    compile_seconds, speedup and efficiency (both relative to the first mesh)."""
+    meshes = default_meshes(jax.device_count()) if meshes is None else list(meshes)
+    if not meshes:
+        raise ValueError("measure_scaling: meshes is [], expected at least one mesh such as 'data:1'")
+    if per_device_batch_size is not None and per_device_batch_size < 1:
+        raise ValueError(f"measure_scaling: per_device_batch_size is {per_device_batch_size}, expected >= 1 or None")
+    dataset, model = build_dataset_and_model(config)
+    task = TASKS.get(dataset.task)
+    rows = []
+    for spec in meshes:
+        mesh = make_mesh(spec)
+        batch_size = config.train.batch_size
+        if per_device_batch_size is not None:
+            batch_size = per_device_batch_size * mesh.shape[DATA]
+        check_batch_size(mesh, batch_size, "batch size")
+        state = init_state(config, dataset, model, mesh)
+        step = make_sharded_train_step(task, state, mesh)
+        batch = place_batch(mesh, dataset.train_batch(config.seed, 0, batch_size))
+        timing = time_jax_step(step, state, batch, repetitions=repetitions, warmup=warmup)
+        rows.append({"mesh": describe(mesh), "devices": mesh.size, "data": mesh.shape[DATA],
+                     "model": mesh.shape[MODEL], "batch_size": batch_size,
+                     "steps_per_second": timing.steps_per_second,
+                     "examples_per_second": batch_size * timing.steps_per_second,
+                     "median_seconds": timing.median_seconds, "compile_seconds": timing.compile_seconds,
+                     "repetitions": timing.repetitions})
+    first = rows[0]
+    for row in rows:
+        row["speedup"] = row["examples_per_second"] / first["examples_per_second"]
+        row["efficiency"] = row["speedup"] * first["devices"] / row["devices"]
+    return rows
 
 
-def run(*, quick: bool, dtype, log=print) -> dict:
-    """Both curves: `{"sequence_length": {...shape, "points"}, "image_size": {...shape, "points"}}`."""
-    sequence = QUICK_SEQUENCE_SHAPE if quick else SEQUENCE_SHAPE
-    images = QUICK_IMAGE_SHAPE if quick else IMAGE_SHAPE
-    implementations = ("jaxarch",) if quick else ("jaxarch", "flax")
-    return {
-        "sequence_length": {**sequence, "item_unit": "tokens", "points": _curve(
-            "time", QUICK_SEQUENCE_LENGTHS if quick else SEQUENCE_LENGTHS,
-            lambda length: _sequence_models(length, sequence), dtype, quick, log)},
-        "image_size": {**images, "item_unit": "images", "points": _curve(
-            "image", QUICK_IMAGE_SIZES if quick else IMAGE_SIZES,
-            lambda size: _image_models(size, images, implementations), dtype, quick, log)},
-    }
+def main():
+    from jaxarch import experiments
+    from jaxarch.train.configure import override_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", nargs="?", default="mnist1d-cnn")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    parser.add_argument("--meshes", nargs="+", help="mesh specs (default: data:1, data:2, ... every device)")
+    parser.add_argument("--per-device-batch", type=int, help="weak scaling: this many examples per data shard")
+    parser.add_argument("--repetitions", type=int, default=20)
+    parser.add_argument("--out", default="benchmarks/results/scaling.json")
+    args = parser.parse_args()
+    config = override_config(experiments.get_config(args.experiment), args.overrides)
+    rows = measure_scaling(config, args.meshes, per_device_batch_size=args.per_device_batch,
+                           repetitions=args.repetitions)
+    write_json({"benchmark": "scaling", "experiment": args.experiment, "overrides": args.overrides,
+                "device_count": jax.device_count(), "meshes": rows, **environment()}, args.out)
+
+
+if __name__ == "__main__":
+    main()

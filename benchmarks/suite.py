@@ -21,7 +21,8 @@ that peak is reported too: the model-FLOP utilisation.
 Dtypes: float32 on CPU; on GPU and TPU bfloat16 compute with float32 parameters, and attention through cuDNN's
 fused kernel on GPUs where it supports the call (jaxarch's default implementation choice).
 
-Then the scaling curves (`benchmarks/scaling.py`), the targets (`TARGETS`), and the JSON, a Markdown table and
+Then the scaling curves (`benchmarks/curves.py`); with more than one device, throughput against device count
+(`benchmarks/scaling.py`: `DEVICE_SCALING_EXPERIMENTS` on data:1, data:2, ... every device); the targets (`TARGETS`), and the JSON, a Markdown table and
 PNG plots (`benchmarks/report.py`).
 
 Command: jaxarch bench [--quick] [--families conv,rnn,...] [--out benchmarks/results/bench_cpu.json]
@@ -40,13 +41,18 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxarch.benchmarks import scaling
+from jaxarch.benchmarks import curves, scaling
 from jaxarch.benchmarks.jax_models import IMPLEMENTATIONS, build_model, train_step
 from jaxarch.benchmarks.report import write_report
 from jaxarch.benchmarks.timing import (environment, matmul_step, time_runs_interleaved, timed_calls, torch_available,
                                        write_json)
 from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
 from jaxarch.benchmarks.workloads import FAMILIES, SIZES, Workload, check_family, make_data, workload
+
+# Experiments timed against device count (with overrides): a CNN and a Transformer language model, global batch
+# fixed (strong scaling).
+DEVICE_SCALING_EXPERIMENTS = {"mnist1d-cnn": [], "charlm-gpt": []}
+QUICK_DEVICE_SCALING_EXPERIMENTS = {"mnist1d-logreg": []}
 
 # Dense bfloat16 peak FLOP/s by device kind (vendor figures), for the model-FLOP utilisation.
 PEAK_FLOPS = {
@@ -271,8 +277,24 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
         result["families"][family] = {"item_unit": work.item_unit, "sizes": entries}
     result["targets"] = evaluate_targets(result["families"], backend)
     if include_scaling:
-        result["scaling"] = scaling.run(quick=quick, dtype=dtype, log=log)
+        result["scaling"] = curves.run(quick=quick, dtype=dtype, log=log)
+    if jax.device_count() > 1:
+        result["device_scaling"] = device_scaling(quick=quick, log=log)
     return result
+
+
+def device_scaling(*, quick: bool = False, log=print) -> dict[str, list[dict]]:
+    """Experiment name -> `scaling.measure_scaling` rows on data:1, data:2, ... every device."""
+    from jaxarch import experiments
+    from jaxarch.train.configure import override_config
+
+    rows = {}
+    for name, overrides in (QUICK_DEVICE_SCALING_EXPERIMENTS if quick else DEVICE_SCALING_EXPERIMENTS).items():
+        config = override_config(experiments.get_config(name), overrides)
+        rows[name] = scaling.measure_scaling(config, repetitions=3 if quick else 20)
+        log(f"devices {name}: " + ", ".join(f"{row['mesh']} {row['examples_per_second']:.0f} examples/s"
+                                             for row in rows[name]))
+    return rows
 
 
 def run_and_write(out: str | None = None, **kwargs) -> dict:

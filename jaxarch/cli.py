@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -23,14 +24,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from jaxarch.train import train_and_evaluate, validate_config
     from jaxarch.train.configure import override_config
 
+    process_flags = (args.coordinator_address, args.num_processes, args.process_id)
+    distributed = args.distributed or any(flag is not None for flag in process_flags)
+    if distributed:
+        from jaxarch.train.distributed import initialize
+
+        initialize(*process_flags)
     config = override_config(experiments.get_config(args.name), args.overrides)
     validate_config(config)
     workdir = Path(args.workdir or Path("runs") / args.name)
-    if args.restart and workdir.exists():
-        shutil.rmtree(workdir)
+    if args.restart:
+        _restart(workdir, distributed)
     result = train_and_evaluate(config, workdir, progress=args.progress)
     print(json.dumps(result))
     return 0
+
+
+def _restart(workdir: Path, distributed: bool) -> None:
+    """Empties the work directory; in a multi-process run process 0 does it while the others wait."""
+    import jax
+
+    if workdir.exists() and jax.process_index() == 0:
+        try:
+            shutil.rmtree(workdir)
+        except OSError as err:
+            raise ValueError(f"workdir: --restart could not delete {str(workdir)!r} ({err.strerror}), expected a "
+                             "directory this process can delete") from None
+        print(f"[jaxarch] --restart: deleted {workdir}, starting from step 0", file=sys.stderr)
+    if distributed:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxarch restart")
 
 
 def _cmd_tour(args: argparse.Namespace) -> int:
@@ -69,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment; the last stdout line is a JSON of final metrics")
     run.add_argument("name", help="experiment name, see `jaxarch list`")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its checkpoints")
+    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its newest intact "
+                     "checkpoint")
     run.add_argument("--restart", action="store_true", help="delete the work directory's contents first")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (jax.distributed); the processes are found from SLURM, Open MPI "
+                          "or a Cloud TPU pod slice, or from the three flags below")
+    run.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
+    run.add_argument("--num-processes", type=int, help="processes in the run (implies --distributed)")
+    run.add_argument("--process-id", type=int, help="this process, 0 to num_processes - 1 (implies --distributed)")
     run.set_defaults(func=_cmd_run)
 
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
@@ -101,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses besides 0: argparse's own usage errors are 2 as well.
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     args = build_parser().parse_args(argv)
@@ -109,7 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         # Configuration and input errors are the user's to fix: show the message, not a traceback.
         print(f"jaxarch: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RuntimeError as err:
+        from jaxarch.train.nonfinite import NonFiniteError  # Imported here: `list` never loads JAX.
+
+        if not isinstance(err, NonFiniteError):
+            raise
+        if err.__cause__ is not None:  # jax_debug_nans: the traceback shows where the NaN arose
+            traceback.print_exception(err.__cause__, file=sys.stderr)
+        print(f"jaxarch: error: {err}", file=sys.stderr)
+        return EXIT_NON_FINITE
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ import numpy as np
 from jax import lax
 
 from jaxarch.checks import (check_axis_size, check_broadcastable, check_floating, check_integer,
-                            check_positive_ints, check_rank, fail)
+                            check_positive_ints, check_rank, check_size_as_at_init, fail)
+from jaxarch.layers.partitioning import EMBED, HEAD_DIM, HEADS, KV_HEADS, with_axes
 from jaxarch.layers.position import RoPEConfig, apply_rope
 
 Dtype = Any
@@ -644,16 +645,25 @@ def _choose_implementation(requested, query, value, kv_len, dropout_rate, return
 
 
 
-def _check_dense(name: str, x, target, dtype_kind: str):
+def _check_dense(name: str, x, target, dtype_kind: str, module: str = _MODULE):
     """Validates a dense mask or bias against `target` = (B, H, Tq, Tk) and returns it at rank 4."""
     if dtype_kind == "bool" and jnp.result_type(x) != jnp.bool_:
-        fail(_MODULE, f"{name} dtype", str(jnp.result_type(x)),
+        fail(module, f"{name} dtype", str(jnp.result_type(x)),
              "bool (True means attend); pass additive masks as bias=")
     if dtype_kind == "float":
-        check_floating(_MODULE, name, x)
-    x = _as_rank4(_MODULE, name, x)
-    check_broadcastable(_MODULE, name, x.shape, target, "[batch, heads, q_len, kv_len]")
+        check_floating(module, name, x)
+    x = _as_rank4(module, name, x)
+    check_broadcastable(module, name, x.shape, target, "[batch, heads, q_len, kv_len]")
     return x
+
+
+def check_mask_and_bias(module: str, mask, bias, target) -> None:
+    """A module's own check of the `mask` (bool) and `bias` (float) it passes down, against `target` =
+    (batch, heads, q_len, kv_len), so that a wrong shape is reported under the module the user called."""
+    if mask is not None:
+        _check_dense("mask", mask, target, "bool", module)
+    if bias is not None:
+        _check_dense("bias", bias, target, "float", module)
 
 
 def dot_product_attention(query, key, value, *, mask=None, bias=None, is_causal: bool = False,
@@ -802,10 +812,11 @@ class MultiHeadAttention(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
 
-    def _dense(self, features, axis, name):
+    def _dense(self, features, axis, name, kernel_axes, bias_axes):
+        """`kernel_axes`, `bias_axes`: logical axis names of the kernel and bias (see `layers.partitioning`)."""
         return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                               bias_init=self.bias_init, name=name)
+                               param_dtype=self.param_dtype, kernel_init=with_axes(self.kernel_init, kernel_axes),
+                               bias_init=with_axes(self.bias_init, bias_axes), name=name)
 
     def _check_config(self, module: str, features: int):
         check_positive_ints(module, "num_heads", self.num_heads)
@@ -840,20 +851,30 @@ class MultiHeadAttention(nn.Module):
         check_floating(module, "inputs_q", inputs_q)
         batch, q_len, features = inputs_q.shape
         kv_heads, head_dim = self._check_config(module, features)
+        check_size_as_at_init(module, "inputs_q features (axis -1)", features, inputs_q.shape, self,
+                              ("query", "kernel"))
         self_attention = inputs_kv is None
         if not self_attention:
             check_rank(module, "inputs_kv", inputs_kv, 3, "[batch, kv_len, kv_features]")
             check_floating(module, "inputs_kv", inputs_kv)
             check_axis_size(module, "inputs_kv", inputs_kv, 0, batch, "batch size")
+            check_size_as_at_init(module, "inputs_kv features (axis -1)", inputs_kv.shape[-1], inputs_kv.shape,
+                                  self, ("key", "kernel"))
             if self.decode:
                 fail(module, "inputs_kv with decode=True", "given", "None (the cache serves self-attention)")
             if self.rope:
                 fail(module, "inputs_kv with rope", "given", "None (rotary embeddings need shared positions)")
+        if not self.decode:  # Decoding masks span the cache and are checked against its length.
+            kv_len = q_len if self_attention else inputs_kv.shape[1]
+            check_mask_and_bias(module, mask, bias, (batch, self.num_heads, q_len, kv_len))
         inputs_kv = inputs_q if self_attention else inputs_kv
 
-        query = self._dense((self.num_heads, head_dim), -1, "query")(inputs_q)  # [B, Tq, H, D]
-        key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, Tk, KVH, D]
-        value = self._dense((kv_heads, head_dim), -1, "value")(inputs_kv)
+        # Heads are the tensor-parallel axis: q/k/v split their output heads, `out` its input heads.
+        query = self._dense((self.num_heads, head_dim), -1, "query", (EMBED, HEADS, HEAD_DIM),
+                            (HEADS, HEAD_DIM))(inputs_q)  # [B, Tq, H, D]
+        kv_axes = ((EMBED, KV_HEADS, HEAD_DIM), (KV_HEADS, HEAD_DIM))
+        key = self._dense((kv_heads, head_dim), -1, "key", *kv_axes)(inputs_kv)  # [B, Tk, KVH, D]
+        value = self._dense((kv_heads, head_dim), -1, "value", *kv_axes)(inputs_kv)
         if self.qk_norm:
             query, key = self._normalise(query, "query_norm"), self._normalise(key, "key_norm")
 
@@ -879,7 +900,8 @@ class MultiHeadAttention(nn.Module):
             self.sow("intermediates", "attention_weights", weights)
         if self.decode:
             out = jnp.where(self.get_variable("cache", "overflowed"), jnp.nan, out)
-        out = self._dense(self.out_features or features, (-2, -1), "out")(out)  # [B, Tq, F_out]
+        out = self._dense(self.out_features or features, (-2, -1), "out", (HEADS, HEAD_DIM, EMBED),
+                          (EMBED,))(out)  # [B, Tq, F_out]
         return (out, weights) if return_weights else out
 
     def _rotate(self, x, positions):
