@@ -26,11 +26,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.timing import environment, write_json  # noqa: E402
-from jaxarch.layers.attention import dot_product_attention  # noqa: E402
+from jaxarch.benchmarks.timing import environment, write_json
+from jaxarch.layers.attention import dot_product_attention
 
 
 def _loss_grad(implementation: str, is_causal: bool, chunk: int):

@@ -14,21 +14,16 @@ Command: python benchmarks/kv_cache.py [--out benchmarks/results/kv_cache.json]
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.timing import environment, write_json  # noqa: E402
-from jaxarch.generate import generate  # noqa: E402
-from jaxarch.models import MODELS  # noqa: E402
+from jaxarch.benchmarks.timing import environment, write_json
+from jaxarch.generate import generate
+from jaxarch.models import MODELS
 
 
 def recompute_generate(model, params, prompt_ids, num_tokens: int):

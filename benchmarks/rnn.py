@@ -41,12 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `jaxarch` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.timing import (Timing, environment, matmul_ceiling_flops, time_interleaved,  # noqa: E402
-                               torch_available, write_json)
-from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell  # noqa: E402
+from jaxarch.benchmarks.timing import (Timing, environment, matmul_ceiling_flops, time_interleaved,
+                                       torch_available, write_json)
+from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell
 
 REFERENCE_SHAPE = dict(batch=64, time=128, features_in=64, hidden=256)
 QUICK_SHAPE = dict(batch=16, time=32, features_in=16, hidden=64)

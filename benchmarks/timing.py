@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -39,17 +40,21 @@ def time_jax_step(step: Callable, state, *args, repetitions: int = 20, warmup: i
 
 def time_callable(fn: Callable[[], None], *, repetitions: int = 20, warmup: int = 2) -> Timing:
     """Times a self-synchronising callable (e.g. a PyTorch step on the CPU)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repetitions):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return Timing(first, statistics.median(times), repetitions)
+    return time_runs_interleaved({"fn": timed_calls(fn)}, rounds=1, repetitions=repetitions, warmup=warmup)["fn"]
+
+
+def timed_calls(step: Callable[[], None]) -> Callable[[int], list[float]]:
+    """`step` as a run for `time_runs_interleaved`: `run(count)` calls it `count` times, returning each's seconds."""
+
+    def run(count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return times
+
+    return run
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], *, rounds: int = 5, repetitions: int = 4,
@@ -60,34 +65,52 @@ def time_interleaved(steps: dict[str, Callable[[], None]], *, rounds: int = 5, r
     The first call of each (compilation, for jitted steps) is timed apart, then `warmup` untimed calls; the result
     holds the median over `rounds * repetitions` calls.
     """
-    compile_seconds = {}
-    for name, step in steps.items():
-        start = time.perf_counter()
-        step()
-        compile_seconds[name] = time.perf_counter() - start
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    runs = {name: timed_calls(step) for name, step in steps.items()}
+    return time_runs_interleaved(runs, rounds=rounds, repetitions=repetitions, warmup=warmup)
+
+
+def time_runs_interleaved(runs: dict[str, Callable[[int], list[float]]], *, rounds: int = 5, repetitions: int = 4,
+                          warmup: int = 2, target_seconds: float | None = None) -> dict[str, Timing]:
+    """`time_interleaved` for runs that time themselves: `runs[name](count)` runs `count` steps and returns each
+    one's seconds (a step in another process, say, timed there).
+
+    With `target_seconds`, each run gets about that much timed work in all: `ceil(target / (rounds * warm-up
+    median))` calls a round, at least 2 and at most `repetitions`, so slow steps are not repeated for minutes.
+    """
+    if rounds < 1 or repetitions < 1 or warmup < (1 if target_seconds else 0):
+        raise ValueError(f"benchmarks.timing: rounds/repetitions/warmup are {rounds}/{repetitions}/{warmup}, "
+                         "expected rounds, repetitions >= 1 and warmup >= 1 when target_seconds is given")
+    compile_seconds, per_round = {}, {}
+    for name, run in runs.items():
+        compile_seconds[name] = run(1)[0]
+        warm = run(warmup) if warmup else []
+        per_round[name] = repetitions
+        if target_seconds:
+            wanted = math.ceil(target_seconds / (rounds * statistics.median(warm)))
+            per_round[name] = max(min(2, repetitions), min(repetitions, wanted))
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, step in steps.items():
-            for _ in range(repetitions):
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-    return {name: Timing(compile_seconds[name], statistics.median(times[name]), len(times[name])) for name in steps}
+        for name, run in runs.items():
+            times[name] += run(per_round[name])
+    return {name: Timing(compile_seconds[name], statistics.median(times[name]), len(times[name])) for name in runs}
+
+
+def matmul_step(dtype=jnp.float32, size: int = 2048) -> Callable[[], None]:
+    """A self-synchronising `[size, size] @ [size, size]` product in `dtype` (2 size^3 FLOPs), compiled already."""
+    a = jnp.ones((size, size), dtype)
+    product = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(product(a))
+
+    def run() -> None:
+        jax.block_until_ready(product(a))
+
+    return run
 
 
 def matmul_ceiling_flops(dtype=jnp.float32, size: int = 2048, repetitions: int = 10) -> float:
     """The device's achievable matmul FLOP/s in `dtype`: a [size, size] @ [size, size] product, 2 n^3 FLOPs."""
-    a = jnp.ones((size, size), dtype)
-    f = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(f(a))
-    times = []
-    for _ in range(repetitions):
-        start = time.perf_counter()
-        jax.block_until_ready(f(a))
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times)
+    timing = time_callable(matmul_step(dtype, size), repetitions=repetitions, warmup=0)
+    return 2 * size ** 3 / timing.median_seconds
 
 
 def torch_available() -> bool:
@@ -105,13 +128,14 @@ def environment() -> dict:
     return {"device": jax.devices()[0].device_kind, "machine": platform.machine(), "jax": jax.__version__}
 
 
-def write_json(result: dict, path: str) -> None:
-    """Prints `result` and writes it to `path` (parents created)."""
+def write_json(result: dict, path: str, echo: bool = True) -> None:
+    """Writes `result` to `path` (parents created), and prints it when `echo`."""
     import json
     from pathlib import Path
 
     text = json.dumps(result, indent=2)
-    print(text)
+    if echo:
+        print(text)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")

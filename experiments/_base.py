@@ -7,6 +7,8 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = ""  # Set from the module name by experiments.get_config.
     config.seed = 0
+    # Device mesh, e.g. "data:8" or "data:4,model:2" (see jaxarch.train.mesh); "": every device on `data`.
+    config.mesh = ""
     config.data = ml_collections.ConfigDict({"name": "mnist1d"})
     config.model = ml_collections.ConfigDict({"name": "mlp"})
     config.optim = ml_collections.ConfigDict(dict(
@@ -27,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=100,
         eval_every=500,
         checkpoint_every=1000,  # 0: only the final checkpoint.
-        keep_checkpoints=2,
+        keep_checkpoints=2,  # The latest ones; the best by the evaluation metric is kept as well.
+        nonfinite="stop",  # A NaN/inf loss or gradient: "stop" the run, or "skip" the update and count it.
+        debug_nans=False,  # jax_debug_nans: find the operation that made a NaN (slower; state not donated).
+        fsdp=False,  # Also split parameters and optimizer state along the data axis (jaxarch.train.sharding).
     ))
     return config

@@ -41,4 +41,15 @@ def copy(cell: str, seq_len: int = 100):
     config = _long_range(cell, {"name": "copy", "seq_len": seq_len})
     config.model.readout = "sequence"  # One prediction per position.
     config.model.embed_dim = 16
+    if cell != "rnn":
+        # Chrono gate biases (Tallec & Ollivier 2018) spread memory time scales up to the whole sequence; with
+        # the default forget bias of 1 the gated cells sat on the memoryless plateau for thousands of steps.
+        # Pass model.chrono_max=T+20 with a different data.seq_len.
+        config.model.chrono_max = seq_len + 20
+    # The plateau before the cells learn to store the symbols is long: a larger batch and learning rate, and
+    # a long enough run that the cosine decay does not end it first.
+    config.optim.learning_rate = 3e-3
+    config.train.batch_size = 128
+    config.train.steps = 8000
+    config.train.eval_every = 1000
     return config

@@ -1,8 +1,9 @@
 """The copy-memory task at T = 100 (seq_len= overridable) with a one-layer GRU, hidden 128.
 
-Command: jaxarch run copy-gru [data.seq_len=200]
-Wall time: see README (measured on a 2-core CPU).
-Expected: test cross-entropy far below the memoryless baseline 10 ln 8 / (T + 20) = 0.173 at T = 100.
+Command: jaxarch run copy-gru [data.seq_len=200 model.chrono_max=220]
+Wall time: 8000 steps; 47-50 min measured with two runs sharing a loaded 2-core CPU.
+Expected: test cross-entropy far below the memoryless baseline 10 ln 8 / (T + 20) = 0.173 at T = 100;
+measured 0.0124 (99.5% of positions right).
 """
 
 from jaxarch.experiments import _recurrent

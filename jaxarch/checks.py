@@ -65,3 +65,23 @@ def check_broadcastable(module: str, name: str, shape: Sequence[int], target: Se
             s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
     if not ok:
         fail(module, f"{name} shape", str(shape), f"broadcastable to {target} {target_desc}")
+
+
+def check_size_as_at_init(module: str, what: str, size: int, shape: Sequence[int], owner, path: Sequence[str],
+                          axis: int = 0) -> None:
+    """Checks, when a Linen module is applied, that an input's `size` (e.g. its feature count) still equals the
+    size along `axis` of the parameter at `path` in `owner`'s "params", which was created for it at init.
+
+    Without this, a changed input size surfaces as flax's parameter-shape error about initialisers, deep inside
+    whichever sub-module happens to see it first. Before init (or for a path that does not exist) nothing is
+    compared.
+    """
+    node = owner.variables.get("params", {})
+    for key in path:
+        if not hasattr(node, "get") or key not in node:
+            return
+        node = node[key]
+    expected = np.shape(node)[axis]
+    if size != expected:
+        fail(module, what, f"{size} (shape {tuple(shape)})", f"{expected}, the size the parameters were "
+             "initialised for")

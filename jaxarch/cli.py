@@ -1,4 +1,5 @@
-"""The `jaxarch` command: list, run and tour the experiments; measure the chapter's claims (`report`)."""
+"""The `jaxarch` command: list, run and tour the experiments; benchmark the families; measure the chapter's
+claims (`report`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -23,14 +25,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from jaxarch.train import train_and_evaluate, validate_config
     from jaxarch.train.configure import override_config
 
+    process_flags = (args.coordinator_address, args.num_processes, args.process_id)
+    distributed = args.distributed or any(flag is not None for flag in process_flags)
+    if distributed:
+        from jaxarch.train.distributed import initialize
+
+        initialize(*process_flags)
     config = override_config(experiments.get_config(args.name), args.overrides)
     validate_config(config)
     workdir = Path(args.workdir or Path("runs") / args.name)
-    if args.restart and workdir.exists():
-        shutil.rmtree(workdir)
+    if args.restart:
+        _restart(workdir, distributed)
     result = train_and_evaluate(config, workdir, progress=args.progress)
     print(json.dumps(result))
     return 0
+
+
+def _restart(workdir: Path, distributed: bool) -> None:
+    """Empties the work directory; in a multi-process run process 0 does it while the others wait."""
+    import jax
+
+    if workdir.exists() and jax.process_index() == 0:
+        try:
+            shutil.rmtree(workdir)
+        except OSError as err:
+            raise ValueError(f"workdir: --restart could not delete {str(workdir)!r} ({err.strerror}), expected a "
+                             "directory this process can delete") from None
+        print(f"[jaxarch] --restart: deleted {workdir}, starting from step 0", file=sys.stderr)
+    if distributed:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxarch restart")
 
 
 def _cmd_tour(args: argparse.Namespace) -> int:
@@ -59,6 +84,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from jaxarch.benchmarks.report import markdown
+    from jaxarch.benchmarks.suite import run_and_write
+
+    families = [name.strip() for name in args.families.split(",") if name.strip()]
+    sizes = None if args.sizes is None else [name.strip() for name in args.sizes.split(",") if name.strip()]
+    result = run_and_write(args.out, families=families, quick=args.quick, sizes=sizes, include_torch=args.torch,
+                           include_scaling=args.scaling)
+    print(markdown(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxarch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,8 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment; the last stdout line is a JSON of final metrics")
     run.add_argument("name", help="experiment name, see `jaxarch list`")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its checkpoints")
+    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its newest intact "
+                     "checkpoint")
     run.add_argument("--restart", action="store_true", help="delete the work directory's contents first")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run (jax.distributed); the processes are found from SLURM, Open MPI "
+                          "or a Cloud TPU pod slice, or from the three flags below")
+    run.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address (implies --distributed)")
+    run.add_argument("--num-processes", type=int, help="processes in the run (implies --distributed)")
+    run.add_argument("--process-id", type=int, help="this process, 0 to num_processes - 1 (implies --distributed)")
     run.set_defaults(func=_cmd_run)
 
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
@@ -86,10 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="runs/report", help="report directory (default runs/report)")
     report.set_defaults(func=_cmd_report)
 
+    bench = sub.add_parser("bench", help="time each family's training step beside Flax and PyTorch; write JSON, "
+                           "Markdown and plots")
+    bench.add_argument("--quick", action="store_true", help="small sizes and few repetitions (under two minutes)")
+    bench.add_argument("--families", default="conv,rnn,lstm,gru,attention,gpt,vit", help="comma-separated")
+    bench.add_argument("--sizes", help="comma-separated, of small,reference,large (default: all; small with --quick)")
+    bench.add_argument("--out", help="the JSON path (default benchmarks/results/bench_BACKEND.json); the Markdown "
+                       "and PNGs go beside it")
+    bench.add_argument("--torch", action=argparse.BooleanOptionalAction, default=None,
+                       help="PyTorch peers (default: when torch is installed)")
+    bench.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
+                       help="the sequence-length and image-size curves")
+    bench.set_defaults(func=_cmd_bench)
+
     for command in (run, tour, report):
         command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                              help="show a progress bar (default: only on a terminal)")
     return parser
+
+
+# Exit statuses besides 0: argparse's own usage errors are 2 as well.
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         # Configuration and input errors are the user's to fix: show the message, not a traceback.
         print(f"jaxarch: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RuntimeError as err:
+        from jaxarch.train.nonfinite import NonFiniteError  # Imported here: `list` never loads JAX.
+
+        if not isinstance(err, NonFiniteError):
+            raise
+        if err.__cause__ is not None:  # jax_debug_nans: the traceback shows where the NaN arose
+            traceback.print_exception(err.__cause__, file=sys.stderr)
+        print(f"jaxarch: error: {err}", file=sys.stderr)
+        return EXIT_NON_FINITE
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, 
     return out
 
 
-def _nearest(key: str, candidates: Iterable[str]) -> str:
+def nearest(key: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
@@ -72,7 +72,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str],
             raise ValueError(f"config: override {item!r} is not of the form key=value")
         if key not in leaves:
             raise ValueError(
-                f"config: unknown key {key!r}{_nearest(key, leaves)}; valid keys are: {', '.join(sorted(leaves))}")
+                f"config: unknown key {key!r}{nearest(key, leaves)}; valid keys are: {', '.join(sorted(leaves))}")
         current = leaves[key]
         try:
             value = _parse_value(text, current)
@@ -119,7 +119,7 @@ def call_with_options(what: str, factory: Callable, options: Mapping[str, Any], 
                                  "to be left out of the config")
             if key not in accepted:
                 valid = sorted(k for k in accepted if k not in fixed)
-                raise ValueError(f"{what}: unknown option {key!r}{_nearest(key, valid)}; valid options are: "
+                raise ValueError(f"{what}: unknown option {key!r}{nearest(key, valid)}; valid options are: "
                                  f"{', '.join(valid)}")
     # Configs store sequences as lists or tuples; modules expect tuples so their fields stay hashable.
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}

@@ -133,6 +133,33 @@ def test_attention_values_and_gradients_match_float64_reference(name):
         assert empty_rows.any()
 
 
+def test_causal_xla_attention_by_query_chunks_matches_reference_in_both_modes(monkeypatch):
+    """Causal "xla" attention computes only the lower staircase of the logits, one query chunk at a time (chunks
+    shrunk to 2 rows here, so 5 queries make 3 chunks against 7 keys): values and reverse-mode gradients match the
+    float64 reference, and forward mode equals the unchunked path given the same causal mask densely."""
+    monkeypatch.setattr(attention_lib, "CAUSAL_QUERY_CHUNK", 2)
+    assert attention_lib._causal_chunks(TQ) == [(0, 2), (2, 4), (4, 5)]
+    kwargs, mask, _ = _case("causal_lengths_head_mask")
+    dense = dict(kwargs, is_causal=False, mask=kwargs["mask"] & causal_mask(TQ, TK))
+    q, k, v, d_out = _inputs()
+    tangents = tuple(_inputs(seed=1)[:3])
+
+    @jax.jit
+    def run(q, k, v):
+        chunked = lambda q, k, v: dot_product_attention(q, k, v, implementation="xla", **kwargs)
+        unchunked = lambda q, k, v: dot_product_attention(q, k, v, implementation="xla", **dense)
+        out, vjp = jax.vjp(chunked, q, k, v)
+        return out, vjp(d_out), jax.jvp(chunked, (q, k, v), tangents), jax.jvp(unchunked, (q, k, v), tangents)
+
+    out, grads, (jvp_out, jvp_tangent), (dense_out, dense_tangent) = run(q, k, v)
+    expected_out, vjp = reference_attention(q, k, v, mask, None)
+    np.testing.assert_allclose(out, expected_out, rtol=1e-4, atol=2e-5)
+    for got, want, what in zip(grads, vjp(d_out), ["dq", "dk", "dv"]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5, err_msg=what)
+    np.testing.assert_allclose(jvp_out, dense_out, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jvp_tangent, dense_tangent, rtol=1e-5, atol=1e-6)
+
+
 def test_mask_helpers_match_loops():
     def loop(q_len, kv_len, visible):
         return np.array([[visible(i, j) for j in range(kv_len)] for i in range(q_len)])[None, None]

@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxarch.models import MODELS, build_model
@@ -69,3 +70,28 @@ def test_integer_inputs_are_rejected():
 def test_unknown_model_option_is_named():
     with pytest.raises(ValueError, match="model 'mlp': unknown option 'hidden'.*hidden_sizes"):
         build_model("mlp", 3, hidden=(4,))
+
+
+def test_recurrent_frames_equal_a_recurrence_over_stacked_steps():
+    """frame_size=f runs the recurrence over [B, T / f, f * F]: the same as feeding those frames directly."""
+    x = jax.random.normal(jax.random.key(0), (3, 12, 2))
+    framed = build_model("rnn", 5, cell="gru", hidden_sizes=(7,), frame_size=4)
+    plain = build_model("rnn", 5, cell="gru", hidden_sizes=(7,))
+    variables = framed.init(jax.random.key(1), x)
+    chex.assert_shape(variables["params"]["StackedRNN_0"]["layer_0"]["cell"]["input_kernel"], (8, 21))
+    np.testing.assert_allclose(framed.apply(variables, x), plain.apply(variables, x.reshape(3, 3, 8)),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="RecurrentNet.*multiple of frame_size 5"):
+        build_model("rnn", 5, frame_size=5).init(jax.random.key(1), x)
+    with pytest.raises(ValueError, match="RecurrentNet.*frame_size"):
+        build_model("rnn", 5, frame_size=2, readout="sequence").init(jax.random.key(1), x)
+
+
+def test_recurrent_chrono_option_reaches_the_cells_and_is_refused_for_tanh():
+    x = jnp.zeros((2, 6, 3))
+    params = build_model("rnn", 4, cell="lstm", hidden_sizes=(16,), chrono_max=50).init(jax.random.key(0), x)
+    bias = params["params"]["StackedRNN_0"]["layer_0"]["cell"]["input_bias"]
+    np.testing.assert_array_equal(bias[:16], -bias[16:32])
+    assert float(bias[16:32].max()) > 1.0  # beyond the plain forget bias of 1
+    with pytest.raises(ValueError, match="RecurrentNet.*chrono_max"):
+        build_model("rnn", 4, cell="rnn", chrono_max=50).init(jax.random.key(0), x)

@@ -248,6 +248,31 @@ def test_cell_shapes_and_init():
     chex.assert_shape(params["recurrent_kernel"], (HIDDEN, 3 * HIDDEN))
 
 
+
+def test_chrono_initialisation():
+    x = _inputs(0, (BATCH, IN))
+    h = 64  # enough units for the spread of log(U[1, T - 1]) to show
+    chrono_max = 100
+    lstm = LSTMCell(h, chrono_max=chrono_max)
+    bias = jax.jit(lstm.init)(jax.random.key(1), lstm.initialize_carry(None, x.shape), x)["params"]["input_bias"]
+    input_gate, forget_gate, rest = bias[:h], bias[h:2 * h], bias[2 * h:]
+    np.testing.assert_array_equal(input_gate, -forget_gate)
+    np.testing.assert_array_equal(rest, 0.0)
+    assert 0.0 <= float(forget_gate.min()) and float(forget_gate.max()) <= np.log(chrono_max - 1) + 1e-6
+    assert float(forget_gate.max()) > np.log(chrono_max / 4)  # some units remember for tens of steps
+
+    gru = GRUCell(h, chrono_max=chrono_max)
+    bias = jax.jit(gru.init)(jax.random.key(1), gru.initialize_carry(None, x.shape), x)["params"]["input_bias"]
+    np.testing.assert_array_equal(bias[:h], 0.0)
+    np.testing.assert_array_equal(bias[2 * h:], 0.0)
+    update_gate = bias[h:2 * h]
+    assert 0.0 <= float(update_gate.min()) and float(update_gate.max()) <= np.log(chrono_max - 1) + 1e-6
+    assert float(update_gate.max()) > np.log(chrono_max / 4)
+
+    with pytest.raises(ValueError, match="LSTMCell.*chrono_max"):
+        lstm = LSTMCell(h, chrono_max=1)
+        lstm.init(jax.random.key(1), lstm.initialize_carry(None, x.shape), x)
+
 @pytest.mark.parametrize(("cell_name", "project_first"), [("lstm_peephole_layer_norm", False), ("gru", True),
                                                           ("gru_reset_before", False), ("rnn", True)])
 def test_bfloat16_compute(cell_name, project_first):
@@ -350,7 +375,7 @@ def test_validation_errors():
         model.apply(params, x, initial_carry=jnp.zeros((BATCH, HIDDEN)))
     with pytest.raises(ValueError, match="RNN: inputs time size is 0"):
         model.apply(params, x[:, :0])
-    with pytest.raises(ValueError, match=r"LSTMCell: inputs \(vs. existing input_kernel\) features"):
+    with pytest.raises(ValueError, match=rf"RNN: inputs features \(axis -1\) is {IN + 1} .*expected {IN}, the size"):
         model.apply(params, _inputs(0, (BATCH, TIME, IN + 1)))
     cell = GRUCell(HIDDEN)
     with pytest.raises(ValueError, match="GRUCell: carry shapes"):

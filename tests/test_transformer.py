@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxarch.layers import attention as attention_lib
 from jaxarch.layers.transformer import DecoderBlock, EncoderBlock, MLPBlock, TransformerDecoder, TransformerEncoder
 
 B, T, S, F = 2, 7, 5, 12
@@ -122,6 +123,24 @@ def test_decoder_block_gradients_never_flow_from_the_future():
     per_time = np.abs(np.asarray(jacobian)).sum(axis=(0, 2, 3, 5))  # [t_out, t_in]
     assert (per_time[np.triu_indices(T, 1)] == 0).all()
     assert (per_time[np.tril_indices(T)] > 0).all()
+
+
+def test_block_chunk_size_reaches_blockwise_attention(monkeypatch):
+    chunk_sizes = []
+    attention = attention_lib.dot_product_attention
+
+    def recording_attention(*args, **kwargs):
+        chunk_sizes.append((kwargs["q_chunk_size"], kwargs["kv_chunk_size"]))
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_lib, "dot_product_attention", recording_attention)
+    x = _features(4)
+    blockwise = DecoderBlock(num_heads=2, implementation="blockwise", chunk_size=3)  # divides neither 7 nor 12
+    params = init_variables(blockwise, x)["params"]
+    out = jax.jit(lambda x: blockwise.apply({"params": params}, x))(x)
+    assert chunk_sizes and set(chunk_sizes) == {(3, 3)}  # at init and at apply
+    plain = DecoderBlock(num_heads=2, implementation="xla")
+    np.testing.assert_allclose(out, plain.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
 
 
 def test_scanned_rematerialised_encoder_equals_unrolled_values_gradients_and_intermediates():

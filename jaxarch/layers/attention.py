@@ -9,7 +9,8 @@ Causal masks are top-left aligned (query `i` sees keys `<= i + offset`, offset 0
 Three implementations share one contract (float32 softmax, scale `1/sqrt(head_dim)`, a query row with no key to
 attend returns zeros and zero gradients):
 
-- `"xla"`: the plain einsum formula; materialises the `[batch, heads, q_len, kv_len]` logits.
+- `"xla"`: the plain einsum formula; materialises the `[batch, heads, q_len, kv_len]` logits (causal attention
+  only their lower staircase, query chunk by query chunk, see `_causal_xla_attention`).
 - `"blockwise"`: memory-efficient attention (Rabe & Staats 2021) with FlashAttention's online softmax (running
   max, running denominator, rescaled accumulator): a `lax.map` over query chunks, each looping over key/value
   chunks. Its `custom_vjp` backward keeps only the output and the log-sum-exp and recomputes each chunk
@@ -36,7 +37,8 @@ import numpy as np
 from jax import lax
 
 from jaxarch.checks import (check_axis_size, check_broadcastable, check_floating, check_integer,
-                            check_positive_ints, check_rank, fail)
+                            check_positive_ints, check_rank, check_size_as_at_init, fail)
+from jaxarch.layers.partitioning import EMBED, HEAD_DIM, HEADS, KV_HEADS, with_axes
 from jaxarch.layers.position import RoPEConfig, apply_rope
 
 Dtype = Any
@@ -229,32 +231,81 @@ def _accumulation_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_rate, dropout_rng):
-    """Plain einsum attention. Returns `([B, Tq, H, Dv], weights [B, H, Tq, Tk] float32)`."""
+def _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_rate, dropout_rng, q_start: int = 0):
+    """Plain einsum attention. Returns `([B, Tq, H, Dv], weights [B, H, Tq, Tk] float32)`.
+
+    `q_start`: the index of the first query row, when `query` is a chunk of the rows (see `_causal_xla_attention`).
+    """
     batch, q_len, heads, head_dim = query.shape
     kv_len, kv_heads = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     accumulation = _accumulation_dtype(query.dtype)
-    query = jnp.reshape(query, (batch, q_len, kv_heads, groups, head_dim))  # [B, Tq, KVH, G, D]
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", query, key, preferred_element_type=accumulation) * scale
+    grouped = groups > 1
+    if grouped:
+        query = jnp.reshape(query, (batch, q_len, kv_heads, groups, head_dim))  # [B, Tq, KVH, G, D]
+        logits_spec, out_spec = "bqhgd,bkhd->bhgqk", "bhgqk,bkhd->bqhgd"
+    else:  # one query head per key head: 4-D einsums skip the grouped layout's copies (ViT step: 3-6% less CPU)
+        logits_spec, out_spec = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
+        mask5, bias5 = (None if x is None else x[:, :, 0] for x in (mask5, bias5))  # [B|1, H|1, Tq|1, Tk|1]
+    logits = jnp.einsum(logits_spec, query, key, preferred_element_type=accumulation) * scale
     if bias5 is not None:
         logits = logits + bias5.astype(accumulation)
-    index_mask = generated.mask(jnp.arange(q_len), jnp.arange(kv_len))
-    mask = _and(mask5, None if index_mask is None else index_mask[:, :, None])
+    index_mask = generated.mask(jnp.arange(q_start, q_start + q_len), jnp.arange(kv_len))  # [B|1, 1, Tq, Tk]
+    if index_mask is not None and grouped:
+        index_mask = index_mask[:, :, None]
+    mask = _and(mask5, index_mask)
     if mask is not None:
         # A finite fill keeps fully-masked rows finite (uniform); the second `where` then zeros them.
         logits = jnp.where(mask, logits, jnp.finfo(accumulation).min)
-    weights = jax.nn.softmax(logits, axis=-1)  # [B, KVH, G, Tq, Tk]
+    weights = jax.nn.softmax(logits, axis=-1)  # [B, KVH, G, Tq, Tk], or [B, H, Tq, Tk]
     if mask is not None:
         weights = jnp.where(mask, weights, 0.0)
     attended = weights
     if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        attended = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", attended.astype(value.dtype), value,
-                     preferred_element_type=accumulation)
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (batch, kv_heads, groups, q_len, kv_len))
+        attended = jnp.where(jnp.reshape(keep, weights.shape), weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum(out_spec, attended.astype(value.dtype), value, preferred_element_type=accumulation)
     out = jnp.reshape(out, (batch, q_len, heads, value.shape[-1])).astype(query.dtype)
     return out, jnp.reshape(weights, (batch, heads, q_len, kv_len))
+
+
+# Causal attention on the "xla" path computes only the lower staircase of the logits: the queries are split into
+# static chunks and a chunk reads only the keys before its end, (n + 1) / 2n of the square for n chunks. Each row's
+# softmax is unchanged (a masked logit adds exp(min - max) = 0 either way), so the values equal the unchunked ones
+# to float rounding, and both differentiation modes work. Measured on a 2-core CPU (batch 16, T 256, 4 heads of
+# 64, forward + backward, CPU time): 4 chunks 76 ms, 2 chunks 84 ms, unchunked 119 ms.
+CAUSAL_QUERY_CHUNK = 64  # the smallest query chunk; shorter sequences are not split
+CAUSAL_MAX_CHUNKS = 8  # more chunks save little and grow the program
+
+
+def _causal_chunks(q_len: int) -> list[tuple[int, int]]:
+    """Static `(start, stop)` query ranges for `_causal_xla_attention`."""
+    if q_len < 2 * CAUSAL_QUERY_CHUNK:
+        return [(0, q_len)]
+    size = max(CAUSAL_QUERY_CHUNK, -(-q_len // CAUSAL_MAX_CHUNKS))
+    return [(start, min(start + size, q_len)) for start in range(0, q_len, size)]
+
+
+def _slice_dense(x5, start: int, stop: int, visible: int):
+    """Rows `start:stop` and keys `:visible` of a `[B|1, KVH|1, G|1, Q|1, K|1]` mask or bias (None passes)."""
+    if x5 is None:
+        return None
+    rows = slice(start, stop) if x5.shape[3] > 1 else slice(None)
+    keys = slice(0, visible) if x5.shape[4] > 1 else slice(None)
+    return x5[:, :, :, rows, keys]
+
+
+def _causal_xla_attention(query, key, value, mask5, bias5, generated, scale):
+    """`_xla_attention` for causal masks at query offset 0 (no dropout, no weights), one query chunk at a time;
+    query `i` sees keys `<= i`, so chunk `start:stop` needs keys `:stop` only."""
+    outs = []
+    for start, stop in _causal_chunks(query.shape[1]):
+        visible = min(stop, key.shape[1])
+        out, _ = _xla_attention(query[:, start:stop], key[:, :visible], value[:, :visible],
+                                _slice_dense(mask5, start, stop, visible), _slice_dense(bias5, start, stop, visible),
+                                generated, scale, 0.0, None, q_start=start)
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 # ---- blockwise ---------------------------------------------------------------------------------------------
@@ -594,16 +645,25 @@ def _choose_implementation(requested, query, value, kv_len, dropout_rate, return
 
 
 
-def _check_dense(name: str, x, target, dtype_kind: str):
+def _check_dense(name: str, x, target, dtype_kind: str, module: str = _MODULE):
     """Validates a dense mask or bias against `target` = (B, H, Tq, Tk) and returns it at rank 4."""
     if dtype_kind == "bool" and jnp.result_type(x) != jnp.bool_:
-        fail(_MODULE, f"{name} dtype", str(jnp.result_type(x)),
+        fail(module, f"{name} dtype", str(jnp.result_type(x)),
              "bool (True means attend); pass additive masks as bias=")
     if dtype_kind == "float":
-        check_floating(_MODULE, name, x)
-    x = _as_rank4(_MODULE, name, x)
-    check_broadcastable(_MODULE, name, x.shape, target, "[batch, heads, q_len, kv_len]")
+        check_floating(module, name, x)
+    x = _as_rank4(module, name, x)
+    check_broadcastable(module, name, x.shape, target, "[batch, heads, q_len, kv_len]")
     return x
+
+
+def check_mask_and_bias(module: str, mask, bias, target) -> None:
+    """A module's own check of the `mask` (bool) and `bias` (float) it passes down, against `target` =
+    (batch, heads, q_len, kv_len), so that a wrong shape is reported under the module the user called."""
+    if mask is not None:
+        _check_dense("mask", mask, target, "bool", module)
+    if bias is not None:
+        _check_dense("bias", bias, target, "float", module)
 
 
 def dot_product_attention(query, key, value, *, mask=None, bias=None, is_causal: bool = False,
@@ -703,6 +763,8 @@ def dot_product_attention(query, key, value, *, mask=None, bias=None, is_causal:
             fail(_MODULE, "return_weights with implementation='blockwise'", True,
                  "False (the blockwise path never materialises the weights; use implementation='xla')")
         return _blockwise(query, key, value, mask5, bias5, generated, scale, q_chunk_size, kv_chunk_size)
+    if generated.is_causal and generated.q_offset is None and dropout_rate == 0.0 and not return_weights:
+        return _causal_xla_attention(query, key, value, mask5, bias5, generated, scale)
     out, weights = _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_rate, dropout_rng)
     return (out, weights) if return_weights else out
 
@@ -750,10 +812,11 @@ class MultiHeadAttention(nn.Module):
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
 
-    def _dense(self, features, axis, name):
+    def _dense(self, features, axis, name, kernel_axes, bias_axes):
+        """`kernel_axes`, `bias_axes`: logical axis names of the kernel and bias (see `layers.partitioning`)."""
         return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                               bias_init=self.bias_init, name=name)
+                               param_dtype=self.param_dtype, kernel_init=with_axes(self.kernel_init, kernel_axes),
+                               bias_init=with_axes(self.bias_init, bias_axes), name=name)
 
     def _check_config(self, module: str, features: int):
         check_positive_ints(module, "num_heads", self.num_heads)
@@ -788,20 +851,30 @@ class MultiHeadAttention(nn.Module):
         check_floating(module, "inputs_q", inputs_q)
         batch, q_len, features = inputs_q.shape
         kv_heads, head_dim = self._check_config(module, features)
+        check_size_as_at_init(module, "inputs_q features (axis -1)", features, inputs_q.shape, self,
+                              ("query", "kernel"))
         self_attention = inputs_kv is None
         if not self_attention:
             check_rank(module, "inputs_kv", inputs_kv, 3, "[batch, kv_len, kv_features]")
             check_floating(module, "inputs_kv", inputs_kv)
             check_axis_size(module, "inputs_kv", inputs_kv, 0, batch, "batch size")
+            check_size_as_at_init(module, "inputs_kv features (axis -1)", inputs_kv.shape[-1], inputs_kv.shape,
+                                  self, ("key", "kernel"))
             if self.decode:
                 fail(module, "inputs_kv with decode=True", "given", "None (the cache serves self-attention)")
             if self.rope:
                 fail(module, "inputs_kv with rope", "given", "None (rotary embeddings need shared positions)")
+        if not self.decode:  # Decoding masks span the cache and are checked against its length.
+            kv_len = q_len if self_attention else inputs_kv.shape[1]
+            check_mask_and_bias(module, mask, bias, (batch, self.num_heads, q_len, kv_len))
         inputs_kv = inputs_q if self_attention else inputs_kv
 
-        query = self._dense((self.num_heads, head_dim), -1, "query")(inputs_q)  # [B, Tq, H, D]
-        key = self._dense((kv_heads, head_dim), -1, "key")(inputs_kv)  # [B, Tk, KVH, D]
-        value = self._dense((kv_heads, head_dim), -1, "value")(inputs_kv)
+        # Heads are the tensor-parallel axis: q/k/v split their output heads, `out` its input heads.
+        query = self._dense((self.num_heads, head_dim), -1, "query", (EMBED, HEADS, HEAD_DIM),
+                            (HEADS, HEAD_DIM))(inputs_q)  # [B, Tq, H, D]
+        kv_axes = ((EMBED, KV_HEADS, HEAD_DIM), (KV_HEADS, HEAD_DIM))
+        key = self._dense((kv_heads, head_dim), -1, "key", *kv_axes)(inputs_kv)  # [B, Tk, KVH, D]
+        value = self._dense((kv_heads, head_dim), -1, "value", *kv_axes)(inputs_kv)
         if self.qk_norm:
             query, key = self._normalise(query, "query_norm"), self._normalise(key, "key_norm")
 
@@ -827,7 +900,8 @@ class MultiHeadAttention(nn.Module):
             self.sow("intermediates", "attention_weights", weights)
         if self.decode:
             out = jnp.where(self.get_variable("cache", "overflowed"), jnp.nan, out)
-        out = self._dense(self.out_features or features, (-2, -1), "out")(out)  # [B, Tq, F_out]
+        out = self._dense(self.out_features or features, (-2, -1), "out", (HEADS, HEAD_DIM, EMBED),
+                          (EMBED,))(out)  # [B, Tq, F_out]
         return (out, weights) if return_weights else out
 
     def _rotate(self, x, positions):

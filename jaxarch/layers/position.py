@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxarch.checks import check_floating, check_integer, check_positive_ints, check_rank, fail
+from jaxarch.checks import (check_floating, check_integer, check_positive_ints, check_rank, check_size_as_at_init,
+                            fail)
 
 Dtype = Any
 
@@ -56,6 +57,7 @@ class LearnedPositionEmbedding(nn.Module):
         check_rank(module, "inputs", inputs, 3, "[batch, time, features]")
         check_floating(module, "inputs", inputs)
         batch, length, features = inputs.shape
+        check_size_as_at_init(module, "inputs features (axis -1)", features, inputs.shape, self, ("embedding",), 1)
         if length > self.max_length:
             fail(module, "inputs time length", f"{length} (shape {inputs.shape})",
                  f"<= max_length {self.max_length}")
@@ -93,8 +95,8 @@ def apply_rope(x, positions=None, base: float = 10000.0):
 
     Uses the half-split pairing of GPT-NeoX / LLaMA: channel `i` rotates with channel `i + head_dim/2` by the
     angle `position * base^(-2i/head_dim)`, so `apply_rope(q, p)·apply_rope(k, s)` depends on `p - s` only.
-    `positions`: int `[time]` or `[batch, time]`, default `arange(time)`. Rotation runs in float32 and the
-    result keeps `x`'s dtype.
+    `positions`: int `[time]` or `[batch, time]`, default `arange(time)`. Rotation runs in at least float32
+    (float64 stays float64) and the result keeps `x`'s dtype.
     """
     module = "apply_rope"
     check_rank(module, "x", x, 4, "[batch, time, heads, head_dim]")
@@ -108,11 +110,12 @@ def apply_rope(x, positions=None, base: float = 10000.0):
     if positions.ndim == 1:
         positions = positions[None]  # [1, T]
     half = head_dim // 2
-    inverse_frequency = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [D/2]
-    angles = positions.astype(jnp.float32)[:, :, None] * inverse_frequency[None, None, :]  # [B|1, T, D/2]
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    inverse_frequency = base ** (-jnp.arange(half, dtype=compute) / half)  # [D/2]
+    angles = positions.astype(compute)[:, :, None] * inverse_frequency[None, None, :]  # [B|1, T, D/2]
     sin = jnp.sin(angles)[:, :, None, :]  # [B|1, T, 1, D/2]
     cos = jnp.cos(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x.astype(compute), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
 

@@ -53,7 +53,7 @@ import numpy as np
 from flax.linen import initializers
 
 from jaxarch.checks import (check_axis_size, check_floating, check_integer, check_positive_ints, check_rank,
-                            fail)
+                            check_size_as_at_init, fail)
 
 Array = jax.Array
 Carry = Any
@@ -119,6 +119,18 @@ def _check_has_features(name: str, x) -> None:
         fail(name, "inputs rank", f"0 (shape {np.shape(x)})", "rank >= 1 [*batch, features]")
 
 
+def _chrono_bias(key, features: int, chrono_max: int, dtype) -> Array:
+    """`log(U[1, chrono_max - 1])` per unit (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?"):
+    gates that start open for time scales spread up to `chrono_max` steps, where a constant forget bias of 1
+    remembers for only a few steps."""
+    return jnp.log(jax.random.uniform(key, (features,), dtype, 1.0, max(chrono_max - 1.0, 1.0)))
+
+
+def _check_chrono(name: str, chrono_max: int) -> None:
+    if chrono_max and chrono_max < 2:
+        fail(name, "chrono_max", str(chrono_max), "0 (off) or the longest dependency in steps, >= 2")
+
+
 class _FusedGateCell(nn.RNNCellBase):
     """Shared machinery of the cells: the fused PyTorch-layout parameters and the two-part step.
 
@@ -136,7 +148,13 @@ class _FusedGateCell(nn.RNNCellBase):
     def initialize_carry(self, rng, input_shape: Sequence[int]) -> Carry:
         """Zero carry for inputs of shape `[*batch, in]`: `h: [*batch, features]` (LSTM: the pair `(c, h)`)."""
         del rng
-        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
+        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.carry_dtype)
+
+    @property
+    def carry_dtype(self):
+        """The parameters' dtype, or the compute dtype where that is wider (float64 compute keeps a float64
+        state; bfloat16 compute keeps a float32 one)."""
+        return self.param_dtype if self.dtype is None else jnp.promote_types(self.param_dtype, self.dtype)
 
     def _recurrent_init(self) -> Initializer:
         return _per_gate(self.recurrent_kernel_init, self.num_gates)
@@ -265,6 +283,9 @@ class LSTMCell(_FusedGateCell):
 
     features: int
     forget_bias: float = 1.0  # added to the forget chunk of input_bias at init (Jozefowicz et al. 2015)
+    # > 0: chrono initialisation for dependencies up to this many steps: forget bias log(U[1, chrono_max - 1]),
+    # input bias its negative (replaces forget_bias). For long-range tasks such as the copy task.
+    chrono_max: int = 0
     peephole: bool = False
     layer_norm: bool = False
     gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
@@ -282,13 +303,19 @@ class LSTMCell(_FusedGateCell):
     def initialize_carry(self, rng, input_shape: Sequence[int]) -> tuple[Array, Array]:
         """Zero `(c, h)`, each `[*batch, features]`, for inputs `[*batch, in]`."""
         del rng
-        zeros = jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.param_dtype)
+        zeros = jnp.zeros(tuple(input_shape[:-1]) + (self.features,), self.carry_dtype)
         return zeros, zeros
 
     def _input_bias_init(self) -> Initializer:
+        _check_chrono("LSTMCell", self.chrono_max)
+
         def init_fn(key, shape, dtype=jnp.float32):
-            bias = self.bias_init(key, shape, dtype)
+            init_key, chrono_key = jax.random.split(key)
+            bias = self.bias_init(init_key, shape, dtype)
             h = self.features
+            if self.chrono_max:
+                forget = _chrono_bias(chrono_key, h, self.chrono_max, dtype)
+                return bias.at[:h].add(-forget).at[h:2 * h].add(forget)
             return bias.at[h:2 * h].add(jnp.asarray(self.forget_bias, dtype))
 
         return init_fn
@@ -355,6 +382,8 @@ class GRUCell(_FusedGateCell):
 
     features: int
     reset_after: bool = True  # cuDNN/PyTorch form; False is the original Cho et al. form
+    # > 0: chrono initialisation: update-gate (z, the "keep h" gate) bias log(U[1, chrono_max - 1]).
+    chrono_max: int = 0
     gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
     activation_fn: Callable[[Array], Array] = jnp.tanh
     kernel_init: Initializer = _default_kernel_init
@@ -364,6 +393,19 @@ class GRUCell(_FusedGateCell):
     param_dtype: Any = jnp.float32
 
     num_gates: ClassVar[int] = 3
+
+    def _input_bias_init(self) -> Initializer:
+        _check_chrono("GRUCell", self.chrono_max)
+        if not self.chrono_max:
+            return self.bias_init
+
+        def init_fn(key, shape, dtype=jnp.float32):
+            init_key, chrono_key = jax.random.split(key)
+            h = self.features
+            return self.bias_init(init_key, shape, dtype).at[h:2 * h].add(
+                _chrono_bias(chrono_key, h, self.chrono_max, dtype))
+
+        return init_fn
 
     def step_projected(self, carry: Array, projected: Array) -> tuple[Array, Array]:
         """`carry h: [*batch, H]`; `projected: [*batch, 3H]` from `project_inputs`."""
@@ -543,6 +585,8 @@ class RNN(nn.Module):
         num_steps, batch, in_features = x.shape
         if num_steps == 0:
             fail(name, "inputs time size", f"0 (shape {inputs.shape})", f"at least one step {layout}")
+        check_size_as_at_init(name, "inputs features (axis -1)", in_features, inputs.shape, self,
+                              ("cell", "input_kernel"))
 
         mask = None
         if seq_lengths is not None:
@@ -683,13 +727,20 @@ class Bidirectional(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, *, seq_lengths: Array | None = None, initial_carry: Carry | None = None,
                  return_carry: bool | None = None) -> Array | tuple[Carry, Array]:
+        name = "Bidirectional"
         return_carry = self.return_carry if return_carry is None else return_carry
+        check_rank(name, "inputs", inputs, 3, "[batch, time, features]")
+        check_floating(name, "inputs", inputs)
+        check_size_as_at_init(name, "inputs features (axis -1)", inputs.shape[-1], inputs.shape, self,
+                              ("forward_rnn", "cell", "input_kernel"))
+        if seq_lengths is not None:
+            _check_seq_lengths(name, seq_lengths, inputs.shape[0], inputs.shape[1])
         if initial_carry is None:
             forward_carry = backward_carry = None
         elif isinstance(initial_carry, tuple) and len(initial_carry) == 2:
             forward_carry, backward_carry = initial_carry
         else:
-            fail("Bidirectional", "initial_carry", type(initial_carry).__name__, "a (forward, backward) pair")
+            fail(name, "initial_carry", type(initial_carry).__name__, "a (forward, backward) pair")
         forward_carry, forward_out = self.forward_rnn(inputs, seq_lengths=seq_lengths, initial_carry=forward_carry,
                                                       return_carry=True)
         backward_carry, backward_out = self.backward_rnn(inputs, seq_lengths=seq_lengths,
@@ -746,6 +797,10 @@ class StackedRNN(nn.Module):
         else:
             make_cell = self.cell_type
         check_rank(name, "inputs", inputs, 3, "[batch, time, features]")
+        check_floating(name, "inputs", inputs)
+        first_cell = ("layer_0", "forward_rnn", "cell") if self.bidirectional else ("layer_0", "cell")
+        check_size_as_at_init(name, "inputs features (axis -1)", inputs.shape[-1], inputs.shape, self,
+                              (*first_cell, "input_kernel"))
         if initial_carry is not None and len(initial_carry) != len(sizes):
             fail(name, "initial_carry length", len(initial_carry), f"{len(sizes)} (one carry per layer)")
         mask = None

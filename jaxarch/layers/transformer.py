@@ -17,16 +17,26 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxarch.checks import check_floating, check_positive_ints, check_rank, fail
-from jaxarch.layers.attention import MultiHeadAttention
+from jaxarch.checks import check_floating, check_positive_ints, check_rank, check_size_as_at_init, fail
+from jaxarch.layers.attention import MultiHeadAttention, check_mask_and_bias
+from jaxarch.layers.partitioning import EMBED, LAYERS, MLP, with_axes
 from jaxarch.layers.position import RoPEConfig
 
 Dtype = Any
 
 
-def _check_features(module: str, name: str, x):
+def _check_features(module: str, name: str, x, owner=None, path=()):
+    """x: [batch, time, features], floating; with `owner`, the features as at init (the parameter at `path`)."""
     check_rank(module, name, x, 3, "[batch, time, features]")
     check_floating(module, name, x)
+    if owner is not None:
+        check_size_as_at_init(module, f"{name} features (axis -1)", x.shape[-1], x.shape, owner, path)
+
+
+def _check_self_attention_mask(module: str, stack, x, mask, bias=None):
+    """`mask`/`bias` of self-attention over `x: [batch, time, features]`, under the module's own name."""
+    batch, time = x.shape[:2]
+    check_mask_and_bias(module, mask, bias, (batch, stack.num_heads, time, time))
 
 
 class MLPBlock(nn.Module):
@@ -47,14 +57,19 @@ class MLPBlock(nn.Module):
         check_floating(module, "x", x)
         check_rank(module, "x", x, (2, 3, 4), "[batch, ..., features] (rank 2 to 4)")
         features = x.shape[-1]
+        check_size_as_at_init(module, "x features (axis -1)", features, x.shape, self, ("hidden", "kernel"))
         hidden = self.hidden_features or int(self.mlp_ratio * features)
         check_positive_ints(module, "hidden width (mlp_ratio * features)", hidden)
-        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=self.kernel_init)
-        x = nn.Dense(hidden, name="hidden", **dense)(x)
+        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        zeros = nn.initializers.zeros_init()
+        # Hidden units are the tensor-parallel axis: `hidden` splits its outputs, `output` its inputs.
+        x = nn.Dense(hidden, name="hidden", kernel_init=with_axes(self.kernel_init, (EMBED, MLP)),
+                     bias_init=with_axes(zeros, (MLP,)), **dense)(x)
         x = nn.gelu(x, approximate=False)  # exact erf GELU, as BERT / ViT
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        return nn.Dense(self.out_features or features, name="output", **dense)(x)
+        return nn.Dense(self.out_features or features, name="output",
+                        kernel_init=with_axes(self.kernel_init, (MLP, EMBED)), bias_init=with_axes(zeros, (EMBED,)),
+                        **dense)(x)
 
 
 class _BlockFields(nn.Module):
@@ -69,6 +84,7 @@ class _BlockFields(nn.Module):
     qk_norm: bool | str = False  # see MultiHeadAttention
     rope: bool | RoPEConfig | None = None  # rotary embeddings in self-attention
     implementation: str | None = None  # attention kernel, see dot_product_attention
+    chunk_size: int = 512  # query and key chunk length of the "blockwise" implementation
     layer_norm_epsilon: float = 1e-6
     dtype: Dtype | None = None  # compute dtype; LayerNorm statistics and softmax stay float32
     param_dtype: Dtype = jnp.float32
@@ -80,7 +96,7 @@ class _BlockFields(nn.Module):
     def _attention(self, name, **extra):
         return MultiHeadAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                                   qk_norm=self.qk_norm, dropout_rate=self.attention_dropout_rate,
-                                  implementation=self.implementation, dtype=self.dtype,
+                                  implementation=self.implementation, chunk_size=self.chunk_size, dtype=self.dtype,
                                   param_dtype=self.param_dtype, name=name, **extra)
 
     def _mlp_branch(self, x, deterministic):
@@ -100,7 +116,8 @@ class EncoderBlock(_BlockFields):
 
     @nn.compact
     def __call__(self, x, *, mask=None, bias=None, deterministic: bool = True, positions=None):
-        _check_features("EncoderBlock", "x", x)
+        _check_features("EncoderBlock", "x", x, self, ("attention_norm", "scale"))
+        _check_self_attention_mask("EncoderBlock", self, x, mask, bias)
         y = self._layer_norm("attention_norm")(x)
         y = self._attention("attention", rope=self.rope)(y, mask=mask, bias=bias, deterministic=deterministic,
                                                           positions=positions)
@@ -127,7 +144,9 @@ class DecoderBlock(_BlockFields):
     def __call__(self, x, encoder_outputs=None, *, mask=None, encoder_mask=None, deterministic: bool = True,
                  positions=None):
         module = "DecoderBlock"
-        _check_features(module, "x", x)
+        _check_features(module, "x", x, self, ("self_attention_norm", "scale"))
+        if not self.decode:  # Decoding masks span the cache; MultiHeadAttention checks them.
+            _check_self_attention_mask(module, self, x, mask)
         if self.use_cross_attention != (encoder_outputs is not None):
             fail(module, "encoder_outputs", "None" if encoder_outputs is None else "given",
                  "encoder outputs exactly when use_cross_attention=True")
@@ -139,7 +158,7 @@ class DecoderBlock(_BlockFields):
         self.sow("intermediates", "attention_output", y)
         x = x + y
         if self.use_cross_attention:
-            _check_features(module, "encoder_outputs", encoder_outputs)
+            _check_features(module, "encoder_outputs", encoder_outputs, self, ("cross_attention", "key", "kernel"))
             y = self._layer_norm("cross_attention_norm")(x)
             y = self._attention("cross_attention")(y, encoder_outputs, mask=encoder_mask,
                                                    deterministic=deterministic)
@@ -170,7 +189,7 @@ def _run_layers(stack, block_cls, x, args, apply_block):
     if stack.scan_layers:
         scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                           split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
-                          length=stack.num_layers)
+                          length=stack.num_layers, metadata_params={nn.PARTITION_NAME: LAYERS})
         x, _ = scanned(block_cls(**kwargs, name="layers"), x, *args)
         return x
     for index in range(stack.num_layers):
@@ -190,7 +209,8 @@ class TransformerEncoder(_BlockFields):
 
     @nn.compact
     def __call__(self, x, *, mask=None, bias=None, deterministic: bool = True, positions=None):
-        _check_features("TransformerEncoder", "x", x)
+        _check_features("TransformerEncoder", "x", x, self, ("final_norm", "scale"))
+        _check_self_attention_mask("TransformerEncoder", self, x, mask, bias)
 
         def apply_block(block, x, mask, bias, positions):
             return block(x, mask=mask, bias=bias, deterministic=deterministic, positions=positions)
@@ -216,7 +236,9 @@ class TransformerDecoder(_BlockFields):
     @nn.compact
     def __call__(self, x, encoder_outputs=None, *, mask=None, encoder_mask=None, deterministic: bool = True,
                  positions=None):
-        _check_features("TransformerDecoder", "x", x)
+        _check_features("TransformerDecoder", "x", x, self, ("final_norm", "scale"))
+        if not self.decode:
+            _check_self_attention_mask("TransformerDecoder", self, x, mask)
 
         def apply_block(block, x, encoder_outputs, mask, encoder_mask, positions):
             return block(x, encoder_outputs, mask=mask, encoder_mask=encoder_mask, deterministic=deterministic,

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxarch.checks import check_floating, check_rank, fail
+from jaxarch.checks import check_floating, check_rank, check_size_as_at_init, fail
 from jaxarch.layers.conv import Conv
 from jaxarch.layers.pooling import avg_pool, global_avg_pool, global_max_pool, max_pool
 from jaxarch.models.common import activation
@@ -45,6 +45,8 @@ class CNN(nn.Module):
         rank = len(self.kernel_size)
         check_rank("CNN", "input", x, rank + 2, f"[batch, {rank} spatial axes, channels]")
         check_floating("CNN", "input", x)
+        check_size_as_at_init("CNN", "input channels (axis -1)", x.shape[-1], x.shape, self, ("Conv_0", "kernel"),
+                              axis=-2)
         if self.pool not in _POOLS:
             fail("CNN", "pool", repr(self.pool), f"one of {sorted(_POOLS)}")
         if self.head not in _HEADS:
@@ -54,8 +56,9 @@ class CNN(nn.Module):
         if self.pool != "none":
             smallest = min(x.shape[1:-1]) // self.pool_size ** (len(self.features) - 1)
             if smallest < self.pool_size:
-                fail("CNN", "spatial size", f"{x.shape[1:-1]} (too small for {len(self.features)} pooling "
-                     f"stages of {self.pool_size})", f"at least {self.pool_size ** len(self.features)} per axis")
+                fail("CNN", "spatial size", f"{x.shape[1:-1]} (too small for one pooling stage of pool_size="
+                     f"{self.pool_size} per entry of features={self.features})",
+                     f"at least {self.pool_size ** len(self.features)} per axis")
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxarch.checks import check_floating, check_rank
+from jaxarch.checks import check_floating, check_rank, check_size_as_at_init
 from jaxarch.models.common import activation
 from jaxarch.models.registry import MODELS
+
+
+def _check_flat_size(module: str, x: jax.Array, owner: nn.Module) -> None:
+    """The flattened example size must be the one the first Dense layer was initialised for."""
+    check_size_as_at_init(module, "input size per example", math.prod(x.shape[1:]), x.shape, owner,
+                          ("Dense_0", "kernel"))
 
 
 @MODELS.register("logreg")
@@ -23,6 +31,7 @@ class LogisticRegression(nn.Module):
         del train  # No dropout or normalisation: train and eval behave the same.
         check_rank("LogisticRegression", "input", x, range(2, 6), "[batch, *features]")
         check_floating("LogisticRegression", "input", x)
+        _check_flat_size("LogisticRegression", x, self)
         return nn.Dense(self.num_outputs, dtype=self.dtype)(x.reshape(x.shape[0], -1))
 
 
@@ -40,6 +49,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_rank("MLP", "input", x, range(2, 6), "[batch, *features]")
         check_floating("MLP", "input", x)
+        _check_flat_size("MLP", x, self)
         act = activation("MLP", self.activation)
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden_sizes:

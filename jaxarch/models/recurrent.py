@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxarch.checks import fail
+from jaxarch.checks import check_size_as_at_init, fail
 from jaxarch.layers.recurrent import CELLS, StackedRNN
 from jaxarch.models.registry import MODELS
 from jaxarch.models.sequence_input import embed_or_check
@@ -33,6 +33,10 @@ class RecurrentNet(nn.Module):
     vocab_size: int = 0
     embed_dim: int = 32
     unroll: int = 1
+    # > 1: consecutive steps stacked into one frame, [B, T, F] -> [B, T / frame_size, frame_size * F], so the
+    # recurrence runs frame_size times fewer sequential steps (frame stacking, as in speech models).
+    frame_size: int = 1
+    chrono_max: int = 0  # LSTM/GRU chrono initialisation for dependencies up to this many steps; 0: off.
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -41,8 +45,15 @@ class RecurrentNet(nn.Module):
             fail("RecurrentNet", "cell", repr(self.cell), f"one of {sorted(CELLS)}")
         if self.readout not in _READOUTS:
             fail("RecurrentNet", "readout", repr(self.readout), f"one of {list(_READOUTS)}")
+        if self.chrono_max and self.cell == "rnn":
+            fail("RecurrentNet", "chrono_max", f"{self.chrono_max} with cell 'rnn'", "0: the tanh RNN has no gates")
         x = embed_or_check("RecurrentNet", x, self.vocab_size, self.embed_dim, self.dtype)
-        cell_type = lambda features, **kw: CELLS[self.cell](features, dtype=self.dtype, **kw)
+        x = self._frames(x)
+        first_cell = ("StackedRNN_0", "layer_0", *(("forward_rnn",) if self.bidirectional else ()), "cell")
+        check_size_as_at_init("RecurrentNet", "inputs features (axis -1)", x.shape[-1], x.shape, self,
+                              (*first_cell, "input_kernel"))
+        gates = {"chrono_max": self.chrono_max} if self.chrono_max else {}
+        cell_type = lambda features, **kw: CELLS[self.cell](features, dtype=self.dtype, **gates, **kw)
         y = StackedRNN(cell_type, self.hidden_sizes, bidirectional=self.bidirectional,
                        dropout_rate=self.dropout_rate, residual=self.residual, unroll=self.unroll)(
                            x, deterministic=not train)
@@ -54,3 +65,16 @@ class RecurrentNet(nn.Module):
             y = jnp.mean(y, axis=1)
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(y)
+
+    def _frames(self, x: jax.Array) -> jax.Array:
+        """[batch, time, features] -> [batch, time / frame_size, frame_size * features]."""
+        if self.frame_size == 1:
+            return x
+        if self.frame_size < 1 or self.readout == "sequence":
+            fail("RecurrentNet", "frame_size", f"{self.frame_size} with readout {self.readout!r}",
+                 "1, or > 1 only with readout 'last' or 'mean' (frames merge the per-position outputs)")
+        batch, time, features = x.shape
+        if time % self.frame_size:
+            fail("RecurrentNet", "inputs time axis", f"{time} (shape {x.shape})",
+                 f"a multiple of frame_size {self.frame_size}")
+        return x.reshape(batch, time // self.frame_size, self.frame_size * features)

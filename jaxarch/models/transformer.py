@@ -11,15 +11,19 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxarch.checks import check_floating, check_integer, check_positive_ints, check_rank, fail
+from jaxarch.checks import (check_floating, check_integer, check_positive_ints, check_rank, check_size_as_at_init,
+                            fail)
 from jaxarch.layers.conv import Conv
+from jaxarch.layers.partitioning import EMBED, VOCAB, with_axes
 from jaxarch.layers.position import LearnedPositionEmbedding, sinusoidal_positions
 from jaxarch.layers.transformer import TransformerDecoder, TransformerEncoder
 from jaxarch.models.registry import MODELS
 
 _POSITIONS = ("learned", "sinusoidal", "rope", "none")
 _POOLINGS = ("cls", "mean")
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)  # BERT / GPT-2 scale
+# BERT / GPT-2 scale; token tables split their vocabulary across a `model` mesh axis.
+_EMBED_INIT = with_axes(nn.initializers.normal(stddev=0.02), (VOCAB, EMBED))
+_HEAD_INIT = with_axes(nn.initializers.lecun_normal(), (EMBED, VOCAB))  # an untied output layer over tokens
 
 
 def _check_choice(module: str, name: str, value, allowed) -> None:
@@ -115,7 +119,7 @@ class GPT(_StackFields):
                                max_decode_length=self.max_length, name="decoder")(x, deterministic=not train)
         if self.tie_embeddings:
             return embed.attend(x)  # [B, T, V]
-        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, name="head")(x)
+        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
 
 
 class _EncoderClassifier(_StackFields):
@@ -149,6 +153,13 @@ class _EncoderClassifier(_StackFields):
             x = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
+
+
+def _check_input_channels(module: str, owner: nn.Module, x, stem: tuple[int, ...], first_layer: str) -> None:
+    """Float inputs must keep the channel count the first layer (stem or `first_layer`) was initialised for."""
+    path, axis = (("stem_0", "kernel"), -2) if stem else ((first_layer, "kernel"), -2 if first_layer.startswith(
+        "patch") else 0)
+    check_size_as_at_init(module, "inputs features (axis -1)", x.shape[-1], x.shape, owner, path, axis)
 
 
 def _conv_stem(features: tuple[int, ...], kernel_size: int, rank: int, dtype, x):
@@ -193,6 +204,7 @@ class TransformerClassifier(_EncoderClassifier):
         else:
             check_rank(module, "inputs", inputs, 3, "[batch, time, features] (or set vocab_size for token ids)")
             check_floating(module, "inputs", inputs)
+            _check_input_channels(module, self, inputs, self.stem, "input_projection")
             x = _conv_stem(self.stem, self.stem_kernel_size, 1, self.dtype, inputs)
             tokens = nn.Dense(self.embed_dim, dtype=self.dtype, name="input_projection")(x)  # [B, T, D]
         return self._classify(module, tokens, self.positions, self.max_length, train, mask)
@@ -227,6 +239,7 @@ class ViT(_EncoderClassifier):
         if any(size % p for size, p in zip(spatial, patch)):
             fail(module, "inputs spatial shape", f"{spatial} (shape {inputs.shape})",
                  f"multiples of patch_size {patch}")
+        _check_input_channels(module, self, inputs, self.stem, "patch_embedding")
         x = _conv_stem(self.stem, self.stem_kernel_size, rank, self.dtype, inputs)
         x = Conv(self.embed_dim, patch, strides=patch, padding="VALID", dtype=self.dtype,
                  name="patch_embedding")(x)  # [B, *spatial / patch, D]
@@ -293,5 +306,5 @@ class EncoderDecoder(_StackFields):
             target, encoded, encoder_mask=source_mask, deterministic=deterministic)
         if self.tie_embeddings:
             return target_embed.attend(x)
-        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, name="head")(x)
+        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
 

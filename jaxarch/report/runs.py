@@ -39,13 +39,9 @@ def _as_variables(state) -> dict:
 
 def build(config: ml_collections.ConfigDict):
     """The dataset and model a config describes, as `train_and_evaluate` builds them."""
-    from jaxarch.data import load_dataset
-    from jaxarch.models import build_model
+    from jaxarch.train.loop import build_dataset_and_model
 
-    dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
-    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
-                        **{k: v for k, v in config.model.items() if k != "name"})
-    return dataset, model
+    return build_dataset_and_model(config)
 
 
 class Runs:
@@ -88,6 +84,9 @@ class Runs:
         # them without compiling it.
         template = jax.eval_shape(lambda: init_state(config, dataset, model))
         checkpointer = Checkpointer(self.root / label, every=0, keep=1)
-        state = checkpointer.restore(template)
+        restored = checkpointer.restore(template)
         checkpointer.close()
+        if restored is None:
+            fail("Runs.trained", f"checkpoints of run {label!r}", "none intact", "the final checkpoint")
+        state, _ = restored
         return Trained(config, dataset, model, _as_variables(state), result)

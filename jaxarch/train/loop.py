@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 import time
 from pathlib import Path
@@ -9,32 +11,22 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
-from jaxarch.train.checkpoint import Checkpointer
+from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer
+from jaxarch.train.mesh import check_batch_size, describe, make_mesh, padded_batch_size, place_batch
+from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
+from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
+                                     validate_config)
 from jaxarch.train.records import MetricsLog, plot_learning_curve, write_config
+from jaxarch.train.sharding import init_sharded_state, make_sharded_train_step
 from jaxarch.train.state import TrainState, count_params
-from jaxarch.train.steps import evaluate, make_eval_step, make_train_step
+from jaxarch.train.steps import evaluate, make_eval_step
 from jaxarch.train.tasks import TASKS
-
-REQUIRED_SECTIONS = ("data", "model", "optim", "train")
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks the config's structure and arithmetic before anything is built or compiled."""
-    missing = [s for s in (*REQUIRED_SECTIONS, "seed", "name") if s not in config]
-    if missing:
-        raise ValueError(f"config: missing keys {missing}, expected {['name', 'seed', *REQUIRED_SECTIONS]}")
-    train = config.train
-    for key in ("steps", "batch_size", "eval_batch_size"):
-        if train[key] < 1:
-            raise ValueError(f"config: train.{key} is {train[key]}, expected a positive integer")
-    for key in ("eval_every", "log_every", "checkpoint_every"):
-        if train[key] < 0:
-            raise ValueError(f"config: train.{key} is {train[key]}, expected >= 0 (0 turns it off)")
 
 
 def _progress(total: int, initial: int, enabled: bool | None):
@@ -43,96 +35,147 @@ def _progress(total: int, initial: int, enabled: bool | None):
                 file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
 
 
-def init_state(config: ml_collections.ConfigDict, dataset, model) -> TrainState:
-    """Parameters from the seed: the same seed gives the same initial state on the same machine."""
+def build_dataset_and_model(config: ml_collections.ConfigDict):
+    """The config's dataset and the model it sizes (outputs and vocabulary come from the dataset); a factory's
+    error is restated with the config keys involved."""
+    try:
+        dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
+    except ValueError as err:
+        raise config_error(config.data, "data", err) from None
+    try:
+        model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
+                            **{k: v for k, v in config.model.items() if k != "name"})
+    except ValueError as err:
+        raise config_error(config.model, "model", err) from None
+    return dataset, model
+
+
+def init_state(config: ml_collections.ConfigDict, dataset, model, mesh: Mesh | None = None) -> TrainState:
+    """Parameters from the seed: the same seed gives the same initial state on the same machine, whatever the
+    mesh. The state is laid out on `mesh` (default: the config's) as `jaxarch.train.sharding` describes."""
     init_rng, dropout_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    example = np.zeros((1, *dataset.input_shape), dataset.train_batch(config.seed, 0, 1)["inputs"].dtype)
-    variables = jax.jit(lambda x: model.init({"params": init_rng, "dropout": dropout_rng}, x, train=False))(example)
+    example = example_inputs(dataset, config.seed)
     tx = make_optimizer(config.optim, config.train.steps)
-    return TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_rng)
+    return init_sharded_state(lambda: model.init({"params": init_rng, "dropout": dropout_rng}, example, train=False),
+                              model.apply, tx, state_rng, make_mesh(config.mesh) if mesh is None else mesh,
+                              fsdp=config.train.fsdp)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        progress: bool | None = None) -> dict:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+    """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
     Writes config.json, metrics.jsonl, learning_curve.png and checkpoints/ in `workdir`, and returns the
     final metrics: experiment, test metrics, params, train_seconds (the training loop's wall time, compile
-    included, evaluation and checkpointing excluded), steps and steps_per_second.
+    included, evaluation and checkpointing excluded), steps, steps_per_second, the best checkpoint's step and
+    the mesh. Trains on the mesh of `config.mesh`; in a multi-process run every process calls this, and only
+    process 0 writes the records. A non-finite loss or gradient raises `NonFiniteError` (under
+    `train.nonfinite="stop"`) after the last good checkpoint has been written out.
     """
     validate_config(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = prepare_workdir(workdir)
     start_wall = time.perf_counter()
 
-    dataset = load_dataset(config.data.name, **{k: v for k, v in config.data.items() if k != "name"})
-    model = build_model(config.model.name, dataset.num_outputs, vocab_size=getattr(dataset, "vocab_size", None),
-                        **{k: v for k, v in config.model.items() if k != "name"})
+    dataset, model = build_dataset_and_model(config)
+    check_model_accepts_data(config, dataset, model)
     task = TASKS.get(dataset.task)
     train, seed = config.train, config.seed
 
-    state = init_state(config, dataset, model)
-    checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints)
-    resume_step = checkpointer.latest_step()
-    if resume_step is not None:
-        state = checkpointer.restore(state)
+    mesh = make_mesh(config.mesh)
+    check_batch_size(mesh, train.batch_size, "train.batch_size")
+    primary = jax.process_index() == 0
+    state = init_state(config, dataset, model, mesh)
+    # The best checkpoint is judged on the first evaluation split by the task's headline metric.
+    best_metric = f"{dataset.split_names()[0]}/{task.primary_metric}"
+    checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints,
+                                best_metric=best_metric, higher_is_better=task.higher_is_better)
+    restored = checkpointer.restore(state)
+    resume_step = None
+    if restored is not None:
+        state, resume_step = restored
         print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
-    write_config(workdir, config)
-    log = MetricsLog(workdir / "metrics.jsonl", resume_step)
+    if primary:
+        write_config(workdir, config)
+    log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)
 
-    train_step, eval_step = make_train_step(task), make_eval_step(task)
+    skipping = train.nonfinite == "skip"
+    train_step = make_sharded_train_step(task, state, mesh, skip_nonfinite=skipping, donate=not train.debug_nans)
+    eval_step = make_eval_step(task)
+    # Padding rows are masked out of the metrics, so evaluation may round its batch up to split evenly.
+    eval_batch_size = padded_batch_size(mesh, train.eval_batch_size)
+    guard = NonFiniteGuard(flag_names(state.params), train.nonfinite)
     schedule = make_schedule(config.optim, train.steps)
     step = int(state.step)
-    train_seconds = 0.0
     pending: list[jax.Array] = []  # Per-step losses, read back only when logged so dispatch stays async.
     last_log = (step, time.perf_counter())
 
     def run_eval(at_step: int) -> dict[str, float]:
         results = {}
         for split in dataset.split_names():
-            for name, value in evaluate(eval_step, state, dataset.eval_batches(split, train.eval_batch_size)).items():
+            batches = (place_batch(mesh, batch) for batch in dataset.eval_batches(split, eval_batch_size))
+            for name, value in evaluate(eval_step, state, batches).items():
                 results[f"{split}/{name}"] = value
         log.write(at_step, **results)
         return results
 
+    # A context, not a global update: it overrides any setting in force and restores it afterwards.
+    debug_nans = jax.debug_nans(True) if train.debug_nans else contextlib.nullcontext()
+    debug_nans.__enter__()
     bar = _progress(train.steps, step, progress)
-    loop_start = time.perf_counter()
-    while step < train.steps:
-        state, metrics = train_step(state, dataset.train_batch(seed, step, train.batch_size))
-        pending.append(metrics["loss"])
-        step += 1
-        bar.update(1)
-        if train.log_every and (step % train.log_every == 0 or step == train.steps):
-            loss = float(np.mean(jax.device_get(pending)))
-            pending.clear()
-            now = time.perf_counter()
-            rate = (step - last_log[0]) / (now - last_log[1])
-            last_log = (step, now)
-            log.write(step, **{"train/loss": loss, "train/learning_rate": float(schedule(step)),
-                               "train/steps_per_second": rate})
-            bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
-        pauses = time.perf_counter()
-        evaluated = train.eval_every and step % train.eval_every == 0 and step < train.steps
-        if evaluated:
-            jax.block_until_ready(state)
-            pauses = time.perf_counter()
-            run_eval(step)
-        saved = checkpointer.maybe_save(state, step)
-        if evaluated or saved:
-            # Evaluation and checkpoint writing are not training time.
-            paused = time.perf_counter() - pauses
-            loop_start += paused
-            last_log = (last_log[0], last_log[1] + paused)
-    jax.block_until_ready(state)
-    train_seconds = time.perf_counter() - loop_start
-    bar.close()
-
-    final = run_eval(train.steps)
-    checkpointer.maybe_save(state, train.steps, force=True)
-    checkpointer.close()
-    plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
-
-    sample = _maybe_sample(config, dataset, state, workdir)
+    try:
+        loop_start = time.perf_counter()
+        while step < train.steps:
+            try:
+                batch = place_batch(mesh, dataset.train_batch(seed, step, train.batch_size))
+                state, metrics = train_step(state, batch)
+            except FloatingPointError as err:  # raised by jax_debug_nans, naming the operation
+                raise NonFiniteError(step + 1, "value inside the train step", str(err).splitlines()[0]) from err
+            pending.append(metrics["loss"])
+            step += 1
+            guard.record(step, metrics["finite"])
+            bar.update(1)
+            logged = train.log_every and (step % train.log_every == 0 or step == train.steps)
+            evaluated = train.eval_every and step % train.eval_every == 0 and step < train.steps
+            # The last step is saved after the final evaluation, with its metrics, below.
+            saving = evaluated or (checkpointer.should_save(step) and step < train.steps)
+            if logged or saving or guard.due():
+                guard.check()  # Nothing from a non-finite step is ever logged or saved.
+            if logged:
+                losses = np.asarray(jax.device_get(pending))
+                pending.clear()
+                finite = losses[np.isfinite(losses)]  # Only skipped steps can be non-finite here.
+                loss = float(np.mean(finite)) if finite.size else math.nan
+                now = time.perf_counter()
+                rate = (step - last_log[0]) / (now - last_log[1])
+                last_log = (step, now)
+                extra = {"train/skipped_steps": int(state.skipped_steps)} if skipping else {}
+                log.write(step, **{"train/loss": loss, "train/learning_rate": float(schedule(step)),
+                                   "train/steps_per_second": rate}, **extra)
+                bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
+            if saving:
+                # Evaluation and checkpoint writing are not training time.
+                jax.block_until_ready(state)
+                pause_start = time.perf_counter()
+                checkpointer.save(state, step, run_eval(step) if evaluated else None)
+                paused = time.perf_counter() - pause_start
+                loop_start += paused
+                last_log = (last_log[0], last_log[1] + paused)
+        guard.check()
+        jax.block_until_ready(state)
+        train_seconds = time.perf_counter() - loop_start
+        final = run_eval(train.steps)
+        checkpointer.save(state, train.steps, final)
+    except NonFiniteError as err:
+        err.last_checkpoint, err.checkpoint_dir = checkpointer.latest_step(), str(workdir / CHECKPOINTS)
+        raise
+    finally:
+        bar.close()
+        debug_nans.__exit__(None, None, None)
+        checkpointer.close()  # Waits for a checkpoint still being written, even when stopping on an error.
+    if primary:
+        plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
+    # Sampling is a host-side loop of small steps; across processes it would need them all in lockstep.
+    sample = _maybe_sample(config, dataset, state, workdir) if jax.process_count() == 1 else None
     trained_steps = train.steps - (resume_step or 0)
     result = {
         "experiment": config.name,
@@ -143,8 +186,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         "steps_per_second": round(trained_steps / train_seconds, 2) if train_seconds > 0 else None,
         "wall_seconds": round(time.perf_counter() - start_wall, 2),
         "resumed_from": resume_step,
+        "mesh": describe(mesh),
+        "best_checkpoint_step": checkpointer.best_step(),
         "workdir": str(workdir),
     }
+    if skipping:
+        result["skipped_steps"] = int(state.skipped_steps)
     if sample is not None:
         result["sample"] = sample
     return result

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-_SCHEDULES = ("cosine", "linear", "constant")
-_OPTIMIZERS = {
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = {
     "adamw": lambda lr, o: optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
     "adam": lambda lr, o: optax.adam(lr, b1=o.b1, b2=o.b2),
     # b1 doubles as the momentum coefficient; 0 gives plain SGD.
@@ -27,15 +27,15 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
     if optim.schedule == "constant":
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
-    raise ValueError(f"config: optim.schedule is {optim.schedule!r}, expected one of {list(_SCHEDULES)}")
+    raise ValueError(f"config: optim.schedule is {optim.schedule!r}, expected one of {list(SCHEDULES)}")
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """Gradient clipping by global norm (if `grad_clip_norm` > 0), then the optimizer with the schedule."""
     schedule = make_schedule(optim, total_steps)
-    if optim.optimizer not in _OPTIMIZERS:
-        raise ValueError(f"config: optim.optimizer is {optim.optimizer!r}, expected one of {sorted(_OPTIMIZERS)}")
-    opt = _OPTIMIZERS[optim.optimizer](schedule, optim)
+    if optim.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config: optim.optimizer is {optim.optimizer!r}, expected one of {sorted(OPTIMIZERS)}")
+    opt = OPTIMIZERS[optim.optimizer](schedule, optim)
     if optim.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), opt)
     return opt

@@ -12,14 +12,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxarch.train.nonfinite import finite_flags, keep_unless_finite
 from jaxarch.train.state import TrainState
 from jaxarch.train.tasks import Task
 
 Metrics = dict[str, jax.Array]
 
 
-def make_train_step(task: Task, *, jit: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
-    """One optimisation step: (state, batch) -> (state, {"loss", "grad_norm"}), jitted with the state donated."""
+def make_train_step(task: Task, *, jit: bool = True, skip_nonfinite: bool = False,
+                    donate: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
+    """One optimisation step: (state, batch) -> (state, {"loss", "grad_norm", "finite"}), jitted with the state
+    donated (unless `donate` is False: `jax_debug_nans` re-runs a failing step on its original inputs).
+
+    "finite" is `finite_flags(loss, grads)`; with `skip_nonfinite` a step with any False flag leaves the
+    parameters, optimizer and model state as they were (see `keep_unless_finite`).
+    """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -34,12 +41,17 @@ def make_train_step(task: Task, *, jit: bool = True) -> Callable[[TrainState, di
             return loss, new_model_state
 
         (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        finite = finite_flags(loss, grads)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, model_state=new_model_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        if skip_nonfinite:
+            new_state = keep_unless_finite(finite, new_state, state)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
-    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+    if not jit:
+        return train_step
+    return jax.jit(train_step, donate_argnums=0 if donate else ())
 
 
 def make_eval_step(task: Task) -> Callable[[TrainState, dict], Metrics]:

@@ -1,0 +1,306 @@
+"""The benchmark suite behind `jaxarch bench`: training-step speed of every family beside its peers, in one run.
+
+For each family (`benchmarks/workloads.py`: conv, rnn, lstm, gru, attention, gpt, vit) at each size (small, the
+reference shapes, large), one training step (forward, backward, Adam update) of:
+
+- `jaxarch`: the family built from jaxarch's layers and models;
+- `flax`: the same composition of Flax's built-in modules (`benchmarks/jax_models.py`);
+- `torch_eager`, and `torch_compile` at the reference size (not in `--quick`): PyTorch on the same device, when
+  torch is installed (`benchmarks/torch_models.py`, run in a worker process, `benchmarks/torch_worker.py`).
+
+Every implementation of a workload is timed in the same rounds (`time_runs_interleaved`), so load from other jobs
+on a shared machine hits them alike: the ratios are measured side by side, the absolute figures are not
+comparable across runs. Reported per implementation: the first step's seconds (tracing and compilation
+included), the median step time over the timed repetitions, steps/s, images or tokens/s, the achieved FLOP/s from
+the counted FLOPs (see `benchmarks/workloads.py`), and its fraction of the matmul ceiling: the FLOP/s of a large
+`[n, n] @ [n, n]` matmul in the benchmark dtype, timed in the same rounds as the workload's steps (a ceiling
+measured apart read 35-45 GFLOP/s on a loaded 2-core CPU where the steps themselves reached 60, so each workload
+is held against the ceiling measured beside it). On a device whose peak is known (`PEAK_FLOPS`) the fraction of
+that peak is reported too: the model-FLOP utilisation.
+
+Dtypes: float32 on CPU; on GPU and TPU bfloat16 compute with float32 parameters, and attention through cuDNN's
+fused kernel on GPUs where it supports the call (jaxarch's default implementation choice).
+
+Then the scaling curves (`benchmarks/curves.py`); with more than one device, throughput against device count
+(`benchmarks/scaling.py`: `DEVICE_SCALING_EXPERIMENTS` on data:1, data:2, ... every device); the targets (`TARGETS`), and the JSON, a Markdown table and
+PNG plots (`benchmarks/report.py`).
+
+Command: jaxarch bench [--quick] [--families conv,rnn,...] [--out benchmarks/results/bench_cpu.json]
+(the full suite takes about half an hour on a 2-core laptop-class CPU, `--quick` under two minutes.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+from collections.abc import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from jaxarch.benchmarks import curves, scaling
+from jaxarch.benchmarks.jax_models import IMPLEMENTATIONS, build_model, train_step
+from jaxarch.benchmarks.report import write_report
+from jaxarch.benchmarks.timing import (environment, matmul_step, time_runs_interleaved, timed_calls, torch_available,
+                                       write_json)
+from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
+from jaxarch.benchmarks.workloads import FAMILIES, SIZES, Workload, check_family, make_data, workload
+
+# Experiments timed against device count (with overrides): a CNN and a Transformer language model, global batch
+# fixed (strong scaling).
+DEVICE_SCALING_EXPERIMENTS = {"mnist1d-cnn": [], "charlm-gpt": []}
+QUICK_DEVICE_SCALING_EXPERIMENTS = {"mnist1d-logreg": []}
+
+# Dense bfloat16 peak FLOP/s by device kind (vendor figures), for the model-FLOP utilisation.
+PEAK_FLOPS = {
+    "H100": 989e12,  # SXM; the PCIe card is lower, so its utilisation reads low
+    "H200": 989e12,
+    "A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+# (family, size, metric, at least): the speed targets. A metric "jaxarch/<peer>" is a steps/s ratio.
+CPU_TARGETS = (
+    ("conv", "reference", "jaxarch/torch_eager", 1.0),
+    ("lstm", "reference", "jaxarch/torch_eager", 1.0),
+    ("lstm", "reference", "fraction_of_matmul_ceiling", 0.5),
+    ("gru", "reference", "jaxarch/flax", 1.0),
+    ("attention", "reference", "jaxarch/torch_eager", 1.0),
+    ("attention", "reference", "fraction_of_matmul_ceiling", 0.5),
+)
+ACCELERATOR_TARGETS = (("gpt", "large", "model_flops_utilization", 0.5),)
+DEFAULT_OUT = "benchmarks/results/bench_{backend}.json"
+_CEILING = "matmul_ceiling"  # the ceiling matmul's run among a workload's implementations
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How much the suite measures."""
+
+    quick: bool
+    sizes: tuple[str, ...]
+    rounds: int  # passes over the implementations of a workload
+    repetitions: int  # timed steps per pass, at most
+    target_seconds: float  # timed work per implementation and workload, which sets the steps per pass
+    ceiling_size: int  # n of the [n, n] @ [n, n] ceiling matmul
+    torch_compile_sizes: tuple[str, ...]
+
+    @classmethod
+    def for_run(cls, quick: bool, backend: str) -> Settings:
+        ceiling = 512 if quick else (2048 if backend == "cpu" else 8192)
+        if quick:
+            return cls(True, ("small",), rounds=2, repetitions=2, target_seconds=0.2, ceiling_size=ceiling,
+                       torch_compile_sizes=())
+        return cls(False, SIZES, rounds=5, repetitions=8, target_seconds=4.0, ceiling_size=ceiling,
+                   torch_compile_sizes=("reference",))
+
+
+def benchmark_dtype(backend: str):
+    """float32 on CPU; bfloat16 compute (parameters stay float32) on GPU and TPU."""
+    return jnp.float32 if backend == "cpu" else jnp.bfloat16
+
+
+def _torch_device(backend: str) -> str | None:
+    """The device PyTorch runs on beside this backend, or None (no torch, or a TPU)."""
+    if not torch_available() or backend not in ("cpu", "gpu"):
+        return None
+    if backend == "cpu":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _peak_flops(device_kind: str) -> float | None:
+    matches = [peak for name, peak in PEAK_FLOPS.items() if name in device_kind]
+    return matches[0] if matches else None
+
+
+def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWorker | None) -> dict:
+    """Times every implementation of `work` and the ceiling matmul side by side; `results` hold times, `errors`
+    what could not run."""
+    inputs, targets = make_data(work.family, work.shape)
+    runs = {name: timed_calls(train_step(build_model(name, work.family, work.shape, dtype), work.family, inputs,
+                                         targets))
+            for name in IMPLEMENTATIONS}
+    runs[_CEILING] = timed_calls(matmul_step(dtype, settings.ceiling_size))
+    errors, torch_first = {}, {}
+    if worker is not None:
+        variants = {"torch_eager": False}
+        if work.size in settings.torch_compile_sizes:
+            variants["torch_compile"] = True
+        for name, compiled in variants.items():
+            try:
+                torch_first[name] = worker.build(name, work.family, work.shape, compiled)
+                runs[name] = worker.runner(name)
+            except TorchWorkerError as error:
+                errors[name] = str(error)
+    timings = time_runs_interleaved(runs, rounds=settings.rounds, repetitions=settings.repetitions,
+                                    warmup=1, target_seconds=settings.target_seconds)
+    for name, first in torch_first.items():  # its first step ran when it was built
+        timings[name] = dataclasses.replace(timings[name], compile_seconds=first)
+        worker.drop(name)
+    ceiling = timings.pop(_CEILING)
+    results = {}
+    for name, timing in timings.items():
+        results[name] = {
+            "steps_per_second": timing.steps_per_second,
+            "median_seconds": timing.median_seconds,
+            "compile_seconds": timing.compile_seconds,
+            "repetitions": timing.repetitions,
+            "items_per_second": work.items_per_step * timing.steps_per_second,
+            "gflops_per_second": work.train_flops * timing.steps_per_second / 1e9,
+        }
+    return {"shape": work.shape, "train_flops": work.train_flops, "items_per_step": work.items_per_step,
+            "matmul_ceiling_gflops_per_second": 2 * settings.ceiling_size ** 3 / ceiling.median_seconds / 1e9,
+            "results": results, "errors": errors}
+
+
+def add_ratios(entry: dict, peak_flops: float | None) -> None:
+    """Adds each implementation's fraction of the workload's ceiling (and of the peak) and the jaxarch/peer
+    ratios."""
+    results = entry["results"]
+    for result in results.values():
+        achieved = result["gflops_per_second"] * 1e9
+        result["fraction_of_matmul_ceiling"] = achieved / (entry["matmul_ceiling_gflops_per_second"] * 1e9)
+        result["model_flops_utilization"] = None if peak_flops is None else achieved / peak_flops
+    ours = results["jaxarch"]["steps_per_second"]
+    entry["ratios"] = {f"jaxarch/{peer}": ours / result["steps_per_second"]
+                       for peer, result in results.items() if peer != "jaxarch"}
+
+
+def evaluate_targets(families: dict, backend: str) -> list[dict]:
+    """Each target whose workload ran, with the measured value and whether it is met (None: no measurement)."""
+    targets = CPU_TARGETS if backend == "cpu" else ACCELERATOR_TARGETS
+    evaluated = []
+    for family, size, metric, at_least in targets:
+        entry = families.get(family, {}).get("sizes", {}).get(size)
+        if entry is None:
+            continue
+        if metric.startswith("jaxarch/"):
+            measured = entry["ratios"].get(metric)
+        else:
+            measured = entry["results"]["jaxarch"][metric]
+        evaluated.append({"family": family, "size": size, "metric": metric, "target": at_least,
+                          "measured": measured, "met": None if measured is None else measured >= at_least})
+    return evaluated
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        return names[0] if names else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def check_families(families: Sequence[str]) -> tuple[str, ...]:
+    families = tuple(families)
+    if not families:
+        raise ValueError(f"jaxarch bench: families is empty, expected some of {', '.join(FAMILIES)}")
+    for family in families:
+        check_family(family)
+    return families
+
+
+def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Sequence[str] | None = None,
+        include_torch: bool | None = None, include_scaling: bool = True, log=print) -> dict:
+    """Runs the suite and returns its result (the JSON document); `log` receives progress lines.
+
+    `sizes` narrows the sizes measured (default: "small" with `quick`, else all three).
+    """
+    families = check_families(families)
+    backend = jax.default_backend()
+    settings = Settings.for_run(quick, backend)
+    if sizes is not None:
+        sizes = tuple(sizes)
+        if not sizes or any(size not in SIZES for size in sizes):
+            raise ValueError(f"jaxarch bench: sizes is {sizes!r}, expected some of {', '.join(SIZES)}")
+        settings = dataclasses.replace(settings, sizes=sizes)
+    dtype = benchmark_dtype(backend)
+    device_kind = jax.devices()[0].device_kind
+    torch_device = _torch_device(backend) if include_torch in (None, True) else None
+    if include_torch and torch_device is None:
+        raise ValueError(f"jaxarch bench: include_torch is True, expected torch to be installed with a device "
+                         f"beside the {backend!r} backend")
+    result = {
+        "benchmark": "jaxarch_suite",
+        "quick": quick,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
+        "backend": backend,
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "flax": flax.__version__,
+        "dtype": jnp.dtype(dtype).name,
+        "param_dtype": "float32",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # jaxarch's own included, see jaxarch/xla_flags.py
+        "torch": None,
+    }
+    worker = TorchWorker(torch_device) if torch_device else None
+    try:
+        if worker is not None:
+            info = worker.info()
+            result.update(torch=info["torch"], torch_threads=info["threads"], torch_device=info["device"],
+                          torch_omp_wait_policy=info["omp_wait_policy"])
+        measured = {}
+        for family in families:
+            measured[family] = {}
+            for size in settings.sizes:
+                work = workload(family, size, backend)
+                measured[family][size] = (work, measure_workload(work, dtype, settings, worker))
+                entry = measured[family][size][1]
+                log(f"{family} {size}: " + ", ".join(f"{name} {r['steps_per_second']:.2f} steps/s"
+                                                     for name, r in entry["results"].items())
+                    + f"; matmul ceiling {entry['matmul_ceiling_gflops_per_second']:.1f} GFLOP/s")
+    finally:
+        if worker is not None:
+            worker.close()
+    peak = _peak_flops(device_kind) if backend != "cpu" else None
+    ceilings = [entry["matmul_ceiling_gflops_per_second"] for by_size in measured.values()
+                for _, entry in by_size.values()]
+    result["matmul_ceiling"] = {"gflops_per_second_min": min(ceilings), "gflops_per_second_max": max(ceilings),
+                                "size": settings.ceiling_size, "dtype": jnp.dtype(dtype).name}
+    result["peak_flops"] = peak
+    result["families"] = {}
+    for family, by_size in measured.items():
+        entries = {}
+        for size, (work, entry) in by_size.items():
+            add_ratios(entry, peak)
+            entries[size] = entry
+        result["families"][family] = {"item_unit": work.item_unit, "sizes": entries}
+    result["targets"] = evaluate_targets(result["families"], backend)
+    if include_scaling:
+        result["scaling"] = curves.run(quick=quick, dtype=dtype, log=log)
+    if jax.device_count() > 1:
+        result["device_scaling"] = device_scaling(quick=quick, log=log)
+    return result
+
+
+def device_scaling(*, quick: bool = False, log=print) -> dict[str, list[dict]]:
+    """Experiment name -> `scaling.measure_scaling` rows on data:1, data:2, ... every device."""
+    from jaxarch import experiments
+    from jaxarch.train.configure import override_config
+
+    rows = {}
+    for name, overrides in (QUICK_DEVICE_SCALING_EXPERIMENTS if quick else DEVICE_SCALING_EXPERIMENTS).items():
+        config = override_config(experiments.get_config(name), overrides)
+        rows[name] = scaling.measure_scaling(config, repetitions=3 if quick else 20)
+        log(f"devices {name}: " + ", ".join(f"{row['mesh']} {row['examples_per_second']:.0f} examples/s"
+                                             for row in rows[name]))
+    return rows
+
+
+def run_and_write(out: str | None = None, **kwargs) -> dict:
+    """`run(**kwargs)`, then the JSON at `out` (default `DEFAULT_OUT`) and the Markdown and plots beside it."""
+    result = run(**kwargs)
+    out = out or DEFAULT_OUT.format(backend=result["backend"])
+    write_json(result, out, echo=False)
+    write_report(result, out)
+    return result

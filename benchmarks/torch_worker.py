@@ -1,0 +1,133 @@
+"""PyTorch peers in a child process, timed side by side with the JAX steps of the parent.
+
+In one process PyTorch's spinning OpenMP threads and XLA's thread pool starve each other (torch measured 20-30x
+slower on a 2-core CPU), so the torch models live in a worker process. Its OpenMP threads wait passively
+(`OMP_WAIT_POLICY=PASSIVE`, unless the environment sets a policy): on a 2-core machine shared with other jobs the
+default spinning measured 3x slower (CNN reference step, 2 threads: 2.2 vs 6.7 steps/s), so the peer is measured
+at its best here. The parent's interleaved timer asks it for
+a few timed steps at a time (`TorchWorker.run`), so the torch steps take their turns in the same rounds as the
+JAX steps and load from other jobs hits both alike; neither process computes while the other is timed.
+
+Protocol: one JSON object a line on the worker's stdin, one JSON reply a line on its stdout (the worker's own
+prints go to stderr). Requests: `{"command": "info"}`; `{"command": "build", "name", "family", "shape",
+"compiled"}` builds a model and times its first step (`torch.compile` compiles there); `{"command": "run", "name",
+"count"}` times `count` steps; `{"command": "drop", "name"}` frees a model. A failing request replies `{"error"}`.
+
+Command (the parent starts it): python -m jaxarch.benchmarks.torch_worker --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+
+
+class TorchWorkerError(RuntimeError):
+    """A request the worker could not carry out (e.g. `torch.compile` failing on this machine)."""
+
+
+class TorchWorker:
+    """The parent's handle on the worker process; use as a context manager."""
+
+    def __init__(self, device: str = "cpu"):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"benchmarks.torch_worker: device is {device!r}, expected 'cpu' or 'cuda'")
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        environment = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "jaxarch.benchmarks.torch_worker", "--device", device],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=environment)
+
+    def __enter__(self) -> TorchWorker:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait(timeout=60)
+        self._stderr.close()
+
+    def request(self, **message) -> dict:
+        self._process.stdin.write(json.dumps(message) + "\n")
+        line = self._process.stdout.readline()
+        if not line:
+            self._stderr.seek(0)
+            tail = self._stderr.read()[-2000:]
+            raise TorchWorkerError(f"benchmarks.torch_worker: the worker exited; its stderr ends:\n{tail}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise TorchWorkerError(reply["error"])
+        return reply
+
+    def info(self) -> dict:
+        """`{"torch": version, "threads": intra-op threads, "device": ..., "omp_wait_policy": ...}`."""
+        return self.request(command="info")
+
+    def build(self, name: str, family: str, shape: dict, compiled: bool) -> float:
+        """Builds `name` and returns the seconds of its first step (compilation included)."""
+        return self.request(command="build", name=name, family=family, shape=shape, compiled=compiled)["seconds"]
+
+    def runner(self, name: str):
+        """`name` as a run for `benchmarks.timing.time_runs_interleaved`."""
+
+        def run(count: int) -> list[float]:
+            return self.request(command="run", name=name, count=count)["seconds"]
+
+        return run
+
+    def drop(self, name: str) -> None:
+        self.request(command="drop", name=name)
+
+
+def serve(device: str) -> None:
+    """The worker's loop: answers requests until stdin closes."""
+    import torch
+
+    from jaxarch.benchmarks.timing import timed_calls
+    from jaxarch.benchmarks.torch_models import train_step
+
+    replies, sys.stdout = sys.stdout, sys.stderr  # only replies on the protocol stream
+    runs = {}
+    for line in sys.stdin:
+        message = json.loads(line)
+        try:
+            command = message["command"]
+            if command == "info":
+                reply = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            elif command == "build":
+                runs[message["name"]] = timed_calls(train_step(message["family"], message["shape"], device,
+                                                               message["compiled"]))
+                reply = {"seconds": runs[message["name"]](1)[0]}
+            elif command == "run":
+                reply = {"seconds": runs[message["name"]](message["count"])}
+            elif command == "drop":
+                runs.pop(message["name"], None)
+                reply = {}
+            else:
+                reply = {"error": f"benchmarks.torch_worker: command is {command!r}, expected info, build, run "
+                                  "or drop"}
+        except Exception as error:  # reported to the parent, which records it and carries on
+            runs.pop(message.get("name"), None)
+            traceback.print_exc()
+            reply = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    serve(parser.parse_args(argv).device)
+
+
+if __name__ == "__main__":
+    main()

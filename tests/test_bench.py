@@ -1,0 +1,146 @@
+"""The benchmark suite: `jaxarch bench --quick` writes its documented JSON, Markdown and plots for every family, the
+PyTorch peers are timed beside the JAX steps, and the counted FLOPs, targets and GPU choices are right. Nothing here
+asserts a speed."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxarch.benchmarks import suite
+from jaxarch.benchmarks.timing import time_runs_interleaved
+from jaxarch.benchmarks.workloads import FAMILIES, forward_flops, shape_of, workload
+from jaxarch.cli import main
+from jaxarch.layers import attention as attention_lib
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+RESULT_KEYS = {"steps_per_second", "median_seconds", "compile_seconds", "repetitions", "items_per_second",
+               "gflops_per_second", "fraction_of_matmul_ceiling", "model_flops_utilization"}
+
+
+def test_quick_suite_writes_every_family(tmp_path):
+    # The PyTorch peers are covered by the next test; without them the run stays well under a minute of CPU.
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "jaxarch.cli", "bench", "--quick", "--no-torch", "--out", str(out)],
+                   check=True, timeout=600, capture_output=True)
+    result = json.loads(out.read_text())
+
+    assert result["benchmark"] == "jaxarch_suite" and result["quick"] is True
+    assert result["backend"] == "cpu" and result["dtype"] == "float32" and result["torch"] is None
+    ceiling = result["matmul_ceiling"]
+    assert 0 < ceiling["gflops_per_second_min"] <= ceiling["gflops_per_second_max"] and result["peak_flops"] is None
+    assert list(result["families"]) == list(FAMILIES)
+    for family, entry in result["families"].items():
+        assert entry["item_unit"] == ("images" if family in ("conv", "vit") else "tokens")
+        assert list(entry["sizes"]) == ["small"]
+        measured = entry["sizes"]["small"]
+        assert measured["shape"] == shape_of(family, "small")
+        assert measured["train_flops"] == workload(family, "small").train_flops > 0
+        assert measured["matmul_ceiling_gflops_per_second"] > 0
+        assert set(measured["results"]) == {"jaxarch", "flax"} and measured["errors"] == {}
+        for name, r in measured["results"].items():
+            assert set(r) == RESULT_KEYS, (family, name)
+            assert all(r[key] > 0 for key in RESULT_KEYS - {"model_flops_utilization"}), (family, name)
+        assert set(measured["ratios"]) == {"jaxarch/flax"} and measured["ratios"]["jaxarch/flax"] > 0
+    assert result["targets"] == []  # they are set at the reference size
+    sequence, images = result["scaling"]["sequence_length"], result["scaling"]["image_size"]
+    assert {(p["model"], p["time"]) for p in sequence["points"]} == {
+        (model, length) for model in ("lstm", "transformer") for length in (32, 64)}
+    assert {(p["model"], p["image"]) for p in images["points"]} == {("jaxarch", 16), ("jaxarch", 32)}
+    assert all(p["median_seconds"] > 0 for p in sequence["points"] + images["points"])
+    table = out.with_suffix(".md").read_text()
+    assert "| conv | small | jaxarch |" in table and "Train-step ms against sequence length" in table
+    for suffix in ("ratios", "sequence", "image"):
+        assert (tmp_path / f"bench_{suffix}.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_peer_is_timed_beside_the_jax_steps():
+    from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
+
+    settings = suite.Settings.for_run(quick=True, backend="cpu")
+    with TorchWorker("cpu") as worker:
+        info = worker.info()
+        assert info["threads"] >= 1 and info["omp_wait_policy"]
+        entry = suite.measure_workload(workload("lstm", "small"), jnp.float32, settings, worker)
+        with pytest.raises(TorchWorkerError, match="family is 'nope'"):
+            worker.build("bad", "nope", {}, compiled=False)
+    suite.add_ratios(entry, peak_flops=None)
+    assert entry["matmul_ceiling_gflops_per_second"] > 0
+    assert set(entry["results"]) == {"jaxarch", "flax", "torch_eager"}
+    assert entry["results"]["torch_eager"]["compile_seconds"] > 0
+    assert entry["results"]["torch_eager"]["repetitions"] == settings.rounds * settings.repetitions
+    assert set(entry["ratios"]) == {"jaxarch/flax", "jaxarch/torch_eager"}
+
+
+def test_counted_flops_follow_the_stated_formulas():
+    reference = {family: workload(family, "reference") for family in FAMILIES}
+    assert reference["lstm"].train_flops == 3 * 2 * 64 * 128 * (64 + 256) * 4 * 256
+    assert reference["gru"].train_flops == 3 * 2 * 64 * 128 * (64 + 256) * 3 * 256
+    conv = 2 * 128 * 28 * 28 * 9 * 1 * 32 + 2 * 128 * 14 * 14 * 9 * 32 * 64 + 2 * 128 * 7 * 7 * 64 * 10
+    assert reference["conv"].train_flops == 3 * conv
+    block = 2 * 16 * 256 * 12 * 256 ** 2 + 4 * 16 * 256 ** 2 * 256
+    assert reference["attention"].train_flops == 3 * block
+    gpt = shape_of("gpt", "reference")
+    assert forward_flops("gpt", gpt) == 4 * block + 2 * 16 * 256 * 256 * 256
+    assert reference["vit"].items_per_step == 64 and reference["gpt"].items_per_step == 16 * 256
+    with pytest.raises(ValueError, match="family is 'cnn', expected one of conv"):
+        workload("cnn", "small")
+    with pytest.raises(ValueError, match="size is 'huge'"):
+        workload("conv", "huge")
+
+
+def test_accelerators_get_bfloat16_a_larger_large_size_and_cudnn_attention():
+    assert suite.benchmark_dtype("cpu") == jnp.float32 and suite.benchmark_dtype("gpu") == jnp.bfloat16
+    assert suite.Settings.for_run(False, "gpu").ceiling_size == 8192
+    assert suite._torch_device("tpu") is None
+    assert shape_of("gpt", "large", "gpu")["features"] > shape_of("gpt", "large", "cpu")["features"]
+    assert suite._peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and suite._peak_flops("cpu") is None
+    # jaxarch's default attention takes cuDNN's fused kernel on a GPU for the suite's bfloat16 blocks.
+    for family in ("attention", "gpt"):
+        shape = shape_of(family, "large", "gpu")
+        head_dim = shape["features"] // shape["heads"]
+        query = jnp.zeros((1, shape["time"], shape["heads"], head_dim), jnp.bfloat16)
+        generated = attention_lib._Generated(True, None, None, None, None)
+        assert attention_lib._cudnn_unsupported(query, query, 0.0, False, generated, True, "gpu") is None
+
+
+def test_targets_report_measured_ratios_and_missing_peers():
+    entry = {"results": {"jaxarch": {"fraction_of_matmul_ceiling": 0.3}}, "ratios": {"jaxarch/flax": 1.2}}
+    families = {name: {"sizes": {"reference": entry}} for name in ("lstm", "gru")}
+    targets = {(t["family"], t["metric"]): t for t in suite.evaluate_targets(families, "cpu")}
+    assert targets[("gru", "jaxarch/flax")]["met"] is True
+    assert targets[("lstm", "fraction_of_matmul_ceiling")] == {
+        "family": "lstm", "size": "reference", "metric": "fraction_of_matmul_ceiling", "target": 0.5,
+        "measured": 0.3, "met": False}
+    assert targets[("lstm", "jaxarch/torch_eager")]["met"] is None  # no torch measured
+    assert ("conv", "jaxarch/torch_eager") not in targets  # not run
+
+
+def test_interleaved_runs_scale_repetitions_to_the_target_time():
+    durations = {"fast": 0.001, "slow": 1.0}
+    calls = {name: [] for name in durations}
+
+    def run_of(name):
+        def run(count):
+            calls[name].append(count)
+            return [durations[name]] * count
+        return run
+
+    timings = time_runs_interleaved({name: run_of(name) for name in durations}, rounds=3, repetitions=5, warmup=1,
+                                    target_seconds=0.6)
+    assert calls["fast"] == [1, 1, 5, 5, 5] and calls["slow"] == [1, 1, 2, 2, 2]
+    assert timings["slow"].repetitions == 6 and np.isclose(timings["fast"].median_seconds, 0.001)
+    with pytest.raises(ValueError, match="warmup >= 1 when target_seconds"):
+        time_runs_interleaved({}, warmup=0, target_seconds=1.0)
+
+
+def test_bench_rejects_unknown_families_and_sizes(capsys):
+    assert main(["bench", "--families", "conv,cnn"]) == 2
+    assert "family is 'cnn', expected one of conv, rnn" in capsys.readouterr().err
+    assert main(["bench", "--sizes", "tiny"]) == 2
+    assert "sizes is ('tiny',)" in capsys.readouterr().err
