@@ -61,6 +61,22 @@ def test_each_epoch_visits_every_example_once():
     assert not np.array_equal(first, second)
 
 
+@pytest.mark.parametrize("name, options", [("mnist1d", {"shift_augment": 3}), ("digits", {"shift_augment": 1}),
+                                           ("adding", {"seq_len": 20}), ("copy", {"seq_len": 10}),
+                                           ("text", {"seq_len": 16, "max_chars": 20_000})])
+def test_a_slice_of_rows_is_those_rows_of_the_whole_batch(name, options):
+    # What each host of a multi-host run loads: its rows only, the same examples as in the whole batch.
+    ds = load_dataset(name, **options)
+    whole = ds.train_batch(5, 3, 12)
+    for rows in (slice(0, 4), slice(4, 8), slice(8, 12), slice(3, 11)):
+        part = ds.train_batch(5, 3, 12, rows=rows)
+        for key in ("inputs", "targets"):
+            np.testing.assert_array_equal(part[key], whole[key][rows])
+    for bad in (slice(0, 13), slice(4, 4), slice(0, 12, 2), 3):
+        with pytest.raises(ValueError, match=f"{ds.name}: rows is"):
+            ds.train_batch(5, 3, 12, rows=bad)
+
+
 def test_random_shift_moves_each_example_within_bounds():
     x = np.zeros((5, 7, 11, 1), np.float32)
     x[:, 3, 5, 0] = 1.0

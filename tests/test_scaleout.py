@@ -278,6 +278,7 @@ def test_two_processes_train_like_one_device_from_their_checkpoint(tmp_path):
     assert [process.returncode for process in processes] == [0, 0]
     results = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
     assert results[0]["test_loss"] == results[1]["test_loss"] and results[0]["mesh"] == "data:8"
+    assert [result["local_batch_rows"] for result in results] == ["0:8", "8:16"]  # each loaded only its half
     two_processes = _train_losses(workdir)
     assert len(two_processes) == STEPS
 

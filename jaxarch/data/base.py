@@ -2,6 +2,9 @@
 
 Batches are a pure function of `(seed, step)`: the data order is deterministic from the seed, and the
 iterator position is just the step number, so a resumed run sees exactly the batches it would have seen.
+`train_batch(..., rows=slice(a, b))` returns rows a to b of that batch and reads only those examples: each
+process of a multi-host run loads only the rows its own devices hold, and the rows are the same however the batch
+is split.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Protocol
 import numpy as np
 
 Batch = dict[str, np.ndarray]
-# An augmentation maps (rng, inputs [batch, ...]) -> inputs of the same shape.
-Augmentation = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+# An augmentation maps (rng, inputs, rows) -> inputs of the same shape, where `inputs` holds rows `rows` (default
+# all) of a batch and `rng` is that whole batch's generator: the randomness is drawn for the whole batch, so a row is
+# augmented the same way whichever slice it is loaded in.
+Augmentation = Callable[[np.random.Generator, np.ndarray, slice], np.ndarray]
 
 
 class Dataset(Protocol):
@@ -29,8 +34,8 @@ class Dataset(Protocol):
     num_outputs: int  # classes for classification, output units for regression
     input_shape: tuple[int, ...]  # one example, without the batch axis
 
-    def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
-        """The training batch for `step`: {"inputs", "targets"}."""
+    def train_batch(self, seed: int, step: int, batch_size: int, rows: slice | None = None) -> Batch:
+        """Rows `rows` (default all) of the training batch for `step`: {"inputs", "targets"}."""
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """Fixed evaluation batches, padded to `batch_size`, with a boolean "mask" marking real examples."""
@@ -86,11 +91,12 @@ class ArrayDataset:
             indices[here] = self.epoch_order(seed, int(epoch))[slots[here]]
         return indices
 
-    def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
-        idx = self.train_indices(seed, step, batch_size)
+    def train_batch(self, seed: int, step: int, batch_size: int, rows: slice | None = None) -> Batch:
+        rows = batch_rows(rows, batch_size, self.name)
+        idx = self.train_indices(seed, step, batch_size)[rows]
         inputs = self.train_inputs[idx]
         if self.augment is not None:
-            inputs = self.augment(batch_rng(seed, step, _AUGMENT_STREAM), inputs)
+            inputs = self.augment(batch_rng(seed, step, _AUGMENT_STREAM), inputs, rows)
         return {"inputs": inputs, "targets": self.train_targets[idx]}
 
     def split_names(self) -> tuple[str, ...]:
@@ -101,6 +107,19 @@ class ArrayDataset:
             raise ValueError(f"{self.name}: split {split!r} is unknown, expected one of {list(self.splits)}")
         inputs, targets = self.splits[split]
         yield from padded_batches(inputs, targets, batch_size)
+
+
+def batch_rows(rows: slice | None, batch_size: int, name: str) -> slice:
+    """`rows` as a slice `start:stop` within `[0, batch_size)` (None: every row)."""
+    if rows is None:
+        return slice(0, batch_size)
+    if isinstance(rows, slice) and rows.step in (None, 1):
+        start = 0 if rows.start is None else rows.start
+        stop = batch_size if rows.stop is None else rows.stop
+        if isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= batch_size:
+            return slice(start, stop)
+    raise ValueError(f"{name}: rows is {rows!r}, expected a slice start:stop with 0 <= start < stop <= batch_size "
+                     f"({batch_size})")
 
 
 def padded_batches(inputs: np.ndarray, targets: np.ndarray, batch_size: int) -> Iterator[Batch]:
@@ -119,8 +138,9 @@ def random_shift(max_shift: int, axes: tuple[int, ...]) -> Augmentation:
     """Shifts each example by an independent integer offset in [-max_shift, max_shift] along each of `axes`
     (axes of one example, 0-based, excluding the batch axis), filling the vacated border with zeros."""
 
-    def augment(rng: np.random.Generator, inputs: np.ndarray) -> np.ndarray:
-        offsets = rng.integers(-max_shift, max_shift + 1, size=(len(inputs), len(axes)))
+    def augment(rng: np.random.Generator, inputs: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        rows = slice(0, len(inputs)) if rows is None else rows
+        offsets = rng.integers(-max_shift, max_shift + 1, size=(rows.stop, len(axes)))[rows]
         out = inputs
         for column, axis in enumerate(axes):
             axis += 1  # Past the batch axis.

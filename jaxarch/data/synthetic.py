@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from jaxarch.data.base import Batch, batch_rng, padded_batches
+from jaxarch.data.base import Batch, batch_rng, batch_rows, padded_batches
 from jaxarch.data.registry import DATASETS
 
 _TRAIN_STREAM, _TEST_STREAM = 2, 3  # Seed streams distinct from the array datasets' order/augment streams.
@@ -38,9 +38,12 @@ class GeneratedDataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.sample(np.random.default_rng(0), 1)[0].shape[1:])
 
-    def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
+    def train_batch(self, seed: int, step: int, batch_size: int, rows: slice | None = None) -> Batch:
+        # The examples are drawn, not read: the whole batch is sampled (microseconds) and the rows kept, so a
+        # row is the same example whichever slice it is asked for in.
+        rows = batch_rows(rows, batch_size, self.name)
         inputs, targets = self.sample(batch_rng(seed, step, _TRAIN_STREAM), batch_size)
-        return {"inputs": inputs, "targets": targets}
+        return {"inputs": inputs[rows], "targets": targets[rows]}
 
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         return self.sample(batch_rng(self.test_seed, 0, _TEST_STREAM), self.test_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxarch.data.base import Batch, batch_rng, padded_batches
+from jaxarch.data.base import Batch, batch_rng, batch_rows, padded_batches
 from jaxarch.data.registry import DATASETS
 
 _ORDER_STREAM = 4
@@ -85,9 +85,10 @@ class CharCorpus:
         windows = ids[offsets]
         return windows[:, :-1], windows[:, 1:]
 
-    def train_batch(self, seed: int, step: int, batch_size: int) -> Batch:
+    def train_batch(self, seed: int, step: int, batch_size: int, rows: slice | None = None) -> Batch:
         rng = batch_rng(seed, step, _ORDER_STREAM)
-        starts = rng.integers(0, len(self.train_ids) - self.seq_len - 1, size=batch_size)
+        rows = batch_rows(rows, batch_size, self.name)
+        starts = rng.integers(0, len(self.train_ids) - self.seq_len - 1, size=batch_size)[rows]
         inputs, targets = self._windows(self.train_ids, starts)
         return {"inputs": inputs, "targets": targets}
 

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
 from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer
-from jaxarch.train.mesh import check_batch_size, describe, make_mesh, padded_batch_size, place_batch
+from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_rows, make_mesh, padded_batch_size,
+                                place_batch)
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
@@ -126,8 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         loop_start = time.perf_counter()
         while step < train.steps:
             try:
-                batch = place_batch(mesh, dataset.train_batch(seed, step, train.batch_size))
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, load_batch(mesh, dataset, seed, step, train.batch_size))
             except FloatingPointError as err:  # raised by jax_debug_nans, naming the operation
                 raise NonFiniteError(step + 1, "value inside the train step", str(err).splitlines()[0]) from err
             pending.append(metrics["loss"])
@@ -192,6 +192,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     }
     if skipping:
         result["skipped_steps"] = int(state.skipped_steps)
+    if jax.process_count() > 1:  # The rows of each batch this process loaded.
+        rows = local_rows(mesh, train.batch_size) or slice(0, train.batch_size)
+        result["local_batch_rows"] = f"{rows.start}:{rows.stop}"
     if sample is not None:
         result["sample"] = sample
     return result

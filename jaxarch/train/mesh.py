@@ -97,7 +97,7 @@ def place_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array
     """The global batch `{name: [batch, ...]}` as global arrays split along `data`.
 
     Each process copies only the rows its own devices hold (`jax.make_array_from_callback` asks for exactly
-    those), so in a multi-host run every host feeds its own slice of the batch.
+    those); `load_batch` also reads only those rows from the dataset.
     """
     sharding = batch_sharding(mesh)
     placed = {}
@@ -106,3 +106,29 @@ def place_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array
         check_batch_size(mesh, values.shape[0], f"batch {name!r} rows (shape {values.shape})")
         placed[name] = jax.make_array_from_callback(values.shape, sharding, lambda index, v=values: v[index])
     return placed
+
+
+def local_rows(mesh: Mesh, batch_size: int) -> slice | None:
+    """The rows of a `batch_size` batch that this process's devices hold along `data`, as one slice; None when
+    they are every row (a single process) or not one contiguous block (then the whole batch is loaded)."""
+    if jax.process_count() == 1:
+        return None
+    held = batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+    ranges = sorted({index[0].indices(batch_size)[:2] for index in held})
+    start, stop = ranges[0][0], ranges[-1][1]
+    contiguous = all(a[1] == b[0] or a == b for a, b in zip(ranges, ranges[1:]))
+    return slice(start, stop) if contiguous and (start, stop) != (0, batch_size) else None
+
+
+def load_batch(mesh: Mesh, dataset, seed: int, step: int, batch_size: int) -> dict[str, jax.Array]:
+    """Training batch `step` as global arrays split along `data`. In a multi-process run each process reads only
+    its own rows (`dataset.train_batch(..., rows=)`) and the global arrays are assembled from those parts."""
+    check_batch_size(mesh, batch_size, "train.batch_size")
+    rows = local_rows(mesh, batch_size)
+    if rows is None:
+        return place_batch(mesh, dataset.train_batch(seed, step, batch_size))
+    part = dataset.train_batch(seed, step, batch_size, rows=rows)
+    sharding = batch_sharding(mesh)
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(values),
+                                                         (batch_size, *np.shape(values)[1:]))
+            for name, values in part.items()}
