@@ -35,6 +35,8 @@ def adding_run(model: str, seq_len: int, context: Context) -> tuple[str, str, tu
     budget = context.budget
     common = (f"data.seq_len={seq_len}", f"data.test_size={budget.test_size}", f"train.steps={budget.adding_steps}")
     extra = RECURRENT_OVERRIDES if model in CELLS else ()
+    if model == "lstm":
+        extra = (*extra, "model.chrono_max=0")  # the textbook LSTM (forget bias 1), not adding-lstm's chrono gates
     return f"adding-{model}-T{seq_len}", f"adding-{model}", (*common, *extra)
 
 
