@@ -7,14 +7,15 @@ another, the Transformer's attention handles all T positions in one batched prod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
+from jaxarch.benchmarks.timing import time_interleaved
 from jaxarch.report.context import Context
 from jaxarch.report.device import device_description
 from jaxarch.report.figures import line_plot
 from jaxarch.report.results import ClaimResult, Table
-from jaxarch.report.runs import build
-from jaxarch.report.timing import StepRunner, median_step_seconds
 from jaxarch.report.vanishing_gradients import RECURRENT_OVERRIDES
 from jaxarch.report.verdicts import Check, at_least, ratio
 
@@ -22,18 +23,28 @@ MODELS = {"LSTM": ("adding-lstm", RECURRENT_OVERRIDES), "Transformer": ("adding-
 SPEEDUP_MIN, SPEEDUP_FAIL = 1.1, 0.9  # within 10% either way is timing noise on a shared machine
 
 
-def step_runner(experiment: str, overrides, seq_len: int) -> tuple[StepRunner, int]:
-    """A runner of one train step of `experiment` at length `seq_len`, and the model's parameter count."""
+def step_runner(experiment: str, overrides, seq_len: int) -> tuple[Callable[[], None], int]:
+    """A self-synchronising call of one train step of `experiment` at length `seq_len` (the training loop's
+    step, on the config's mesh), and the model's parameter count."""
     from jaxarch import experiments
-    from jaxarch.train import TASKS, count_params, init_state, make_train_step
+    from jaxarch.train import TASKS, count_params, init_state
     from jaxarch.train.configure import override_config
+    from jaxarch.train.loop import build_dataset_and_model
+    from jaxarch.train.mesh import load_batch, make_mesh
+    from jaxarch.train.sharding import make_sharded_train_step
 
     config = override_config(experiments.get_config(experiment), [*overrides, f"data.seq_len={seq_len}"])
-    dataset, model = build(config)
-    state = init_state(config, dataset, model)
-    params = count_params(state.params)
-    batch = jax.device_put(dataset.train_batch(config.seed, 0, config.train.batch_size))
-    return StepRunner(make_train_step(TASKS.get(dataset.task)), state, batch), params
+    dataset, model = build_dataset_and_model(config)
+    mesh = make_mesh(config.mesh)
+    state = [init_state(config, dataset, model, mesh)]  # replaced by each call: the step donates it
+    step = make_sharded_train_step(TASKS.get(dataset.task), state[0], mesh)
+    batch = load_batch(mesh, dataset, config.seed, 0, config.train.batch_size)
+
+    def run() -> None:
+        state[0], metrics = step(state[0], batch)
+        jax.block_until_ready((state[0], metrics))
+
+    return run, count_params(state[0].params)
 
 
 def judge(numbers: dict) -> tuple[Check, ...]:
@@ -53,8 +64,10 @@ def run(context: Context) -> ClaimResult:
         runners = {}
         for name, (experiment, overrides) in MODELS.items():
             runners[name], params[name] = step_runner(experiment, overrides, seq_len)
-        for name, value in median_step_seconds(runners, budget.timing_repetitions).items():
-            seconds[name].append(value)
+        # One step of each model per round, the models taking turns, after a compiling and a warm-up call.
+        timings = time_interleaved(runners, rounds=budget.timing_repetitions, repetitions=1, warmup=1)
+        for name, timing in timings.items():
+            seconds[name].append(timing.median_seconds)
 
     device = device_description()
     path, figure = context.figure("step_time.png", f"Median train-step time against sequence length on {device}.")

@@ -37,13 +37,6 @@ def _as_variables(state) -> dict:
     return {"params": state.params, **state.model_state}
 
 
-def build(config: ml_collections.ConfigDict):
-    """The dataset and model a config describes, as `train_and_evaluate` builds them."""
-    from jaxarch.train.loop import build_dataset_and_model
-
-    return build_dataset_and_model(config)
-
-
 class Runs:
     """Trains `experiment` with `overrides` into `root/<label>` the first time a label is asked for; later
     requests for the same label (from other claims) reuse that run."""
@@ -75,11 +68,12 @@ class Runs:
         """The run's config, dataset, model and trained variables (restored from its final checkpoint)."""
         from jaxarch.train import init_state
         from jaxarch.train.checkpoint import Checkpointer
+        from jaxarch.train.loop import build_dataset_and_model
 
         if label not in self._runs:
             fail("Runs.trained", "label", repr(label), f"a run already trained, one of {sorted(self._runs)}")
         config, result = self._runs[label]
-        dataset, model = build(config)
+        dataset, model = build_dataset_and_model(config)
         # The checkpoint needs only the state's structure, shapes and dtypes: tracing the initialisation gives
         # them without compiling it.
         template = jax.eval_shape(lambda: init_state(config, dataset, model))
