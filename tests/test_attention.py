@@ -7,6 +7,7 @@ one function that covers both implementations.
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 from jaxarch.layers import attention as attention_lib
 from jaxarch.layers.attention import (MultiHeadAttention, causal_mask, combine_masks, dot_product_attention,
                                       padding_mask, sliding_window_mask)
-from jaxarch.layers.position import (LearnedPositionEmbedding, RoPEConfig, alibi_bias, alibi_slopes, apply_rope,
-                                     sinusoidal_positions)
+from jaxarch.layers.position import (LearnedPositionEmbedding, RelativePositionBias, RoPEConfig, alibi_bias,
+                                     alibi_slopes, apply_rope, sinusoidal_positions)
 
 B, TQ, TK, KVH, G, D, DV = 2, 5, 7, 3, 4, 8, 6
 H = KVH * G
@@ -543,3 +544,32 @@ def test_position_encodings():
         embed.apply(variables, x, positions=jnp.arange(3))
     with pytest.raises(ValueError, match="dim is 5, expected an even number"):
         sinusoidal_positions(3, 5)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_relative_position_bias_reads_the_offset_entry(bidirectional):
+    heads, max_distance, q_len, kv_len, offset = 3, 4, 5, 9, 2
+    module = RelativePositionBias(heads, max_distance, bidirectional=bidirectional)
+    variables = module.init(jax.random.PRNGKey(0), q_len, kv_len, offset)
+    buckets = 2 * max_distance + 1 if bidirectional else max_distance + 1
+    np.testing.assert_array_equal(variables["params"]["embedding"], np.zeros((buckets, heads)))  # starts neutral
+    table = np.random.default_rng(0).normal(size=(buckets, heads)).astype(np.float32)
+    bias = jax.jit(module.apply, static_argnums=(1, 2))({"params": {"embedding": table}}, q_len, kv_len,
+                                                         jnp.int32(offset))
+    chex.assert_shape(bias, (1, heads, q_len, kv_len))
+    for i in range(q_len):
+        for j in range(kv_len):
+            distance = j - (i + offset)  # < 0: a key in the query's past
+            row = (min(max(distance, -max_distance), max_distance) + max_distance if bidirectional
+                   else min(max(-distance, 0), max_distance))
+            np.testing.assert_array_equal(bias[0, :, i, j], table[row])
+
+
+def test_relative_position_bias_errors():
+    module = RelativePositionBias(2, 4)
+    with pytest.raises(ValueError, match=r"RelativePositionBias: offset is 1.5 \(shape \(\)\), expected an integer"):
+        module.init(jax.random.PRNGKey(0), 3, 3, 1.5)
+    with pytest.raises(ValueError, match="RelativePositionBias: max_distance is 0"):
+        RelativePositionBias(2, 0).init(jax.random.PRNGKey(0), 3, 3)
+    with pytest.raises(ValueError, match="RelativePositionBias: q_len is 0"):
+        module.init(jax.random.PRNGKey(0), 0, 3)

@@ -159,6 +159,16 @@ def test_gpt_is_causal():
     np.testing.assert_allclose(changed[:, :4], model.apply(variables, x)[:, :4], atol=1e-5)
 
 
+def test_gpt_relative_bias_is_causal_and_shared_by_the_layers():
+    model = MODELS.get("gpt")(num_outputs=V, max_length=T, positions="none", relative_bias=True, **SMALL)
+    x = ids(0)
+    variables = scaled_init(model, x)
+    assert "position_embedding" not in variables["params"]
+    chex.assert_shape(variables["params"]["relative_position_bias"]["embedding"], (T, SMALL["num_heads"]))
+    changed = model.apply(variables, x.at[:, 4:].set((x[:, 4:] + 1) % V))
+    np.testing.assert_allclose(changed[:, :4], model.apply(variables, x)[:, :4], atol=1e-5)
+    assert not np.allclose(changed[:, 4:], model.apply(variables, x)[:, 4:], atol=1e-3)
+
 def _stack_layers(params, num_layers):
     """Unrolled `layers_i` subtrees -> one `layers` subtree with a leading layer axis (the nn.scan layout)."""
     decoder = dict(params["decoder"])
@@ -177,11 +187,14 @@ def test_gpt_scan_layers_equals_unrolled():
     np.testing.assert_allclose(scanned.apply(stacked, x), unrolled.apply(variables, x), atol=1e-5)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rope"])
-def test_generate_greedy_equals_full_forward(positions):
-    model = MODELS.get("gpt")(num_outputs=V, max_length=16, positions=positions, **SMALL)
+@pytest.mark.parametrize("positions,relative_bias", [("learned", False), ("rope", False), ("none", True),
+                                                      ("learned", True)])
+def test_generate_greedy_equals_full_forward(positions, relative_bias):
+    model = MODELS.get("gpt")(num_outputs=V, max_length=16, positions=positions, relative_bias=relative_bias,
+                              **SMALL)
     prompt = ids(0, (B, 5))
-    variables = scaled_init(model, prompt, scale=0.3)
+    # Larger weights where the relative bias joins: at 0.3 its greedy continuation repeats a single token.
+    variables = scaled_init(model, prompt, scale=1.0 if relative_bias else 0.3)
     generated = generate(model, variables["params"], prompt, 8, rng=jax.random.PRNGKey(0), temperature=0.0)
     chex.assert_shape(generated, (B, 8))
     sequence = prompt

@@ -1,4 +1,5 @@
-"""Position information for attention: sinusoidal and learned embeddings, rotary embeddings, ALiBi biases.
+"""Position information for attention: sinusoidal and learned embeddings, rotary embeddings, ALiBi biases and
+learned relative position biases.
 
 Layouts: token features `[batch, time, features]`; per-head queries and keys `[batch, time, heads, head_dim]`
 (the layout of `jax.nn.dot_product_attention`); attention biases broadcast to `[batch, heads, q_len, kv_len]`.
@@ -154,3 +155,43 @@ def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, offset: in
     distance = np.abs(np.arange(q_len)[:, None] + offset - np.arange(kv_len)[None, :])  # [Q, K]
     bias = -slopes[:, None, None] * distance[None]  # [H, Q, K]
     return jnp.asarray(bias[None], dtype=jnp.float32)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned attention bias per head and relative offset (Shaw et al. 2018; the per-head scalar form of T5).
+
+    `__call__(q_len, kv_len, offset=0) -> [1, num_heads, q_len, kv_len]` float32, to pass as attention `bias`.
+    Query `i` sits at position `i + offset` (an int or a traced int scalar: the cache index when decoding),
+    key `j` at `j`. Each offset `key - query` in `[-max_distance, max_distance]` owns one scalar per head; larger
+    offsets share the scalar of the nearest end. Causal models (`bidirectional=False`) only need the past:
+    offsets `0 ... -max_distance`, and future keys (masked anyway) read offset 0's entry. The table starts at
+    zero, so an untrained bias leaves attention unchanged.
+
+    A fixed offset is one parameter here, however far: a task such as copying a symbol seen 1000 steps ago
+    is a single learned lookup, where absolute or rotary positions must learn the match for every position.
+    """
+
+    num_heads: int
+    max_distance: int  # offsets beyond it are clipped to it
+    bidirectional: bool = True  # False: causal attention, past offsets only
+    embedding_init: Callable = nn.initializers.zeros_init()
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, q_len: int, kv_len: int, offset=0):
+        module = "RelativePositionBias"
+        check_positive_ints(module, "num_heads", self.num_heads)
+        check_positive_ints(module, "max_distance", self.max_distance)
+        check_positive_ints(module, "q_len", q_len)
+        check_positive_ints(module, "kv_len", kv_len)
+        if jnp.ndim(offset) != 0 or not jnp.issubdtype(jnp.result_type(offset), jnp.integer):
+            fail(module, "offset", f"{offset!r} (shape {jnp.shape(offset)})", "an integer scalar")
+        buckets = 2 * self.max_distance + 1 if self.bidirectional else self.max_distance + 1
+        table = self.param("embedding", self.embedding_init, (buckets, self.num_heads), self.param_dtype)
+        distance = jnp.arange(kv_len)[None, :] - (jnp.arange(q_len)[:, None] + offset)  # [Q, K], < 0: the past
+        if self.bidirectional:
+            index = jnp.clip(distance, -self.max_distance, self.max_distance) + self.max_distance
+        else:
+            index = jnp.clip(-distance, 0, self.max_distance)
+        bias = jnp.take(table, index, axis=0).astype(jnp.float32)  # [Q, K, H]
+        return jnp.transpose(bias, (2, 0, 1))[None]

@@ -129,8 +129,9 @@ class EncoderBlock(_BlockFields):
 class DecoderBlock(_BlockFields):
     """Pre-LN decoder block: causal self-attention, optional cross-attention over encoder outputs, MLP.
 
-    `__call__(x: [batch, time, features], encoder_outputs: [batch, source_time, features] | None, *, mask,
-    encoder_mask, deterministic, positions)`. `mask` further restricts self-attention (e.g. padding);
+    `__call__(x: [batch, time, features], encoder_outputs: [batch, source_time, features] | None, *, mask, bias,
+    encoder_mask, deterministic, positions)`. `mask` further restricts self-attention (e.g. padding); `bias`
+    is added to its logits (e.g. `RelativePositionBias`);
     `encoder_mask` broadcasts to `[batch, heads, time, source_time]`. With `decode=True` the self-attention
     keeps a key/value cache (see `MultiHeadAttention`); cross-attention is recomputed from `encoder_outputs`
     at every step.
@@ -141,19 +142,19 @@ class DecoderBlock(_BlockFields):
     max_decode_length: int | None = None  # cache length; required with decode=True
 
     @nn.compact
-    def __call__(self, x, encoder_outputs=None, *, mask=None, encoder_mask=None, deterministic: bool = True,
-                 positions=None):
+    def __call__(self, x, encoder_outputs=None, *, mask=None, bias=None, encoder_mask=None,
+                 deterministic: bool = True, positions=None):
         module = "DecoderBlock"
         _check_features(module, "x", x, self, ("self_attention_norm", "scale"))
         if not self.decode:  # Decoding masks span the cache; MultiHeadAttention checks them.
-            _check_self_attention_mask(module, self, x, mask)
+            _check_self_attention_mask(module, self, x, mask, bias)
         if self.use_cross_attention != (encoder_outputs is not None):
             fail(module, "encoder_outputs", "None" if encoder_outputs is None else "given",
                  "encoder outputs exactly when use_cross_attention=True")
         y = self._layer_norm("self_attention_norm")(x)
         y = self._attention("self_attention", rope=self.rope, decode=self.decode,
                             max_decode_length=self.max_decode_length)(
-            y, mask=mask, is_causal=True, deterministic=deterministic, positions=positions)
+            y, mask=mask, bias=bias, is_causal=True, deterministic=deterministic, positions=positions)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         self.sow("intermediates", "attention_output", y)
         x = x + y
@@ -222,7 +223,7 @@ class TransformerEncoder(_BlockFields):
 class TransformerDecoder(_BlockFields):
     """`num_layers` DecoderBlocks and a final LayerNorm: `[batch, time, features] -> [batch, time, features]`.
 
-    `__call__(x, encoder_outputs=None, *, mask, encoder_mask, deterministic, positions)`; with `decode=True`
+    `__call__(x, encoder_outputs=None, *, mask, bias, encoder_mask, deterministic, positions)`; with `decode=True`
     every layer keeps its own cache (stacked along the layer axis when `scan_layers`).
     """
 
@@ -234,15 +235,15 @@ class TransformerDecoder(_BlockFields):
     remat: bool = False  # nn.remat each block: recompute its activations in the backward pass
 
     @nn.compact
-    def __call__(self, x, encoder_outputs=None, *, mask=None, encoder_mask=None, deterministic: bool = True,
-                 positions=None):
+    def __call__(self, x, encoder_outputs=None, *, mask=None, bias=None, encoder_mask=None,
+                 deterministic: bool = True, positions=None):
         _check_features("TransformerDecoder", "x", x, self, ("final_norm", "scale"))
         if not self.decode:
-            _check_self_attention_mask("TransformerDecoder", self, x, mask)
+            _check_self_attention_mask("TransformerDecoder", self, x, mask, bias)
 
-        def apply_block(block, x, encoder_outputs, mask, encoder_mask, positions):
-            return block(x, encoder_outputs, mask=mask, encoder_mask=encoder_mask, deterministic=deterministic,
-                         positions=positions)
+        def apply_block(block, x, encoder_outputs, mask, bias, encoder_mask, positions):
+            return block(x, encoder_outputs, mask=mask, bias=bias, encoder_mask=encoder_mask,
+                         deterministic=deterministic, positions=positions)
 
-        x = _run_layers(self, DecoderBlock, x, (encoder_outputs, mask, encoder_mask, positions), apply_block)
+        x = _run_layers(self, DecoderBlock, x, (encoder_outputs, mask, bias, encoder_mask, positions), apply_block)
         return self._layer_norm("final_norm")(x)

@@ -15,7 +15,7 @@ from jaxarch.checks import (check_floating, check_integer, check_positive_ints, 
                             fail)
 from jaxarch.layers.conv import Conv
 from jaxarch.layers.partitioning import EMBED, VOCAB, with_axes
-from jaxarch.layers.position import LearnedPositionEmbedding, sinusoidal_positions
+from jaxarch.layers.position import LearnedPositionEmbedding, RelativePositionBias, sinusoidal_positions
 from jaxarch.layers.transformer import TransformerDecoder, TransformerEncoder
 from jaxarch.models.registry import MODELS
 
@@ -85,6 +85,10 @@ class GPT(_StackFields):
     vocab_size: int = 0  # input vocabulary; 0: num_outputs (a language model reads what it predicts)
     max_length: int = 1024  # the longest sequence (position table rows; decode cache length)
     positions: str = "learned"  # "learned", "sinusoidal", "rope" (rotary q/k in every layer) or "none"
+    # Also a learned attention bias per head and relative offset (RelativePositionBias), shared by the layers;
+    # combines with any `positions`.
+    relative_bias: bool = False
+    relative_max_distance: int | None = None  # offsets beyond it share one bias; None: max_length - 1
     tie_embeddings: bool = True  # logits = x @ token_embedding^T (Press & Wolf 2017); needs equal vocabularies
     decode: bool = False  # autoregressive decoding with the "cache" collection
 
@@ -106,17 +110,26 @@ class GPT(_StackFields):
         embed = nn.Embed(vocab_size, self.embed_dim, embedding_init=_EMBED_INIT, dtype=self.dtype,
                          name="token_embedding")
         x = embed(inputs)  # [B, T, D]
-        positions = None
-        if self.decode and self.positions in ("learned", "sinusoidal"):
-            initialised = self.has_variable("cache", "position_index")
+        positions, first, cached = None, 0, False
+        if self.decode and (self.positions in ("learned", "sinusoidal") or self.relative_bias):
+            cached = self.has_variable("cache", "position_index")  # False while `init` creates the cache
             index = self.variable("cache", "position_index", lambda: jnp.array(0, jnp.int32))
-            if initialised:
+            if cached:
+                first = index.value
                 positions = index.value + jnp.arange(length)
                 index.value = index.value + length
+        bias = None
+        if self.relative_bias:
+            max_distance = self.relative_max_distance or max(self.max_length - 1, 1)
+            relative = RelativePositionBias(self.num_heads, max_distance, bidirectional=False,
+                                            name="relative_position_bias")
+            # Decoding attends over the whole cache (max_length keys); the cache index places the queries.
+            bias = relative(length, self.max_length if cached else length, first)
         x = _add_positions(module, x, self.positions, self.max_length, positions)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
         x = TransformerDecoder(**self._stack_kwargs(), rope=self.positions == "rope", decode=self.decode,
-                               max_decode_length=self.max_length, name="decoder")(x, deterministic=not train)
+                               max_decode_length=self.max_length, name="decoder")(x, bias=bias,
+                                                                                  deterministic=not train)
         if self.tie_embeddings:
             return embed.attend(x)  # [B, T, V]
         return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
