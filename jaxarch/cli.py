@@ -61,7 +61,7 @@ def _restart(workdir: Path, distributed: bool) -> None:
 def _cmd_tour(args: argparse.Namespace) -> int:
     from jaxarch.tour import format_table, run_tour
 
-    results = run_tour(Path(args.workdir), progress=args.progress)
+    results = run_tour(Path(args.workdir), models=args.models, progress=args.progress)
     print(format_table(results))
     return 0
 
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
     tour.add_argument("--workdir", default="runs/tour")
+    tour.add_argument("--models", help="comma-separated experiments, a subset of the table's rows (default: all)")
     tour.set_defaults(func=_cmd_tour)
 
     gradients = sub.add_parser("gradients", help="plot ||dLoss/dh_t|| over t for RNN, LSTM and GRU at init")

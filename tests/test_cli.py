@@ -67,9 +67,22 @@ def test_console_script_is_installed():
 def test_tour_table_has_published_numbers():
     from jaxarch.tour import ROWS, format_table
 
-    results = [(row, {"params": 10, "test_accuracy": 0.5, "train_seconds": 1.0}) for row in ROWS]
+    results = [(row, {"params": 10, "test_accuracy": 0.5, "train_seconds": 2.0 if row.experiment == "mnist1d-cnn"
+                      else 5.0}) for row in ROWS]
     table = format_table(results)
-    assert "94%" in table and "68%" in table and "32%" in table and "human" in table and "50.0%" in table
+    assert "94%" in table and "68%" in table and "32%" in table and "91%" in table and "human" in table
+    assert "50.0%" in table
+    gru = next(line for line in table.splitlines() if "mnist1d-gru" in line)
+    assert gru.split()[-1] == "2.5"  # train seconds over the CNN's, 5.0 / 2.0
+    assert {"mnist1d-rnn", "mnist1d-lstm", "mnist1d-gru", "mnist1d-transformer"} <= {row.experiment for row in ROWS}
+
+
+def test_tour_model_selection():
+    from jaxarch.tour import select_rows
+
+    assert [row.experiment for row in select_rows("mnist1d-gru,mnist1d-cnn")] == ["mnist1d-cnn", "mnist1d-gru"]
+    with pytest.raises(ValueError, match=r"--models is 'mnist1d-cnn,cnn', expected a comma-separated subset"):
+        select_rows("mnist1d-cnn,cnn")
 
 
 def test_gradients_command_shows_the_lstm_keeping_more_gradient(tmp_path, capsys):
