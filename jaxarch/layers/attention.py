@@ -201,6 +201,12 @@ class _Generated:
     q_lengths: Any  # int32 [B] or None
     kv_lengths: Any  # int32 [B] or None
 
+    @property
+    def every_row_sees_a_key(self) -> bool:
+        """True when no query row can be fully masked by these masks alone: causal at offset 0 (top-left
+        aligned) without lengths, where every row sees key 0."""
+        return (self.is_causal and self.q_offset is None and self.q_lengths is None and self.kv_lengths is None)
+
     def mask(self, q_index, kv_index, kv_valid=None):
         return _index_mask(q_index, kv_index, is_causal=self.is_causal, window_size=self.window_size,
                            q_offset=self.q_offset, q_lengths=self.q_lengths, kv_lengths=self.kv_lengths,
@@ -258,7 +264,9 @@ def _xla_attention(query, key, value, mask5, bias5, generated, scale, dropout_ra
         # A finite fill keeps fully-masked rows finite (uniform); the second `where` then zeros them.
         logits = jnp.where(mask, logits, jnp.finfo(accumulation).min)
     weights = jax.nn.softmax(logits, axis=-1)  # [B, KVH, G, Tq, Tk], or [B, H, Tq, Tk]
-    if mask is not None:
+    if mask is not None and not (mask5 is None and generated.every_row_sees_a_key):
+        # Only a fully-masked row keeps weight on masked keys; elsewhere exp(min - max) is exactly 0 already, so
+        # the pass is skipped when no row can be fully masked (causal attention: ~10% of its time on a CPU).
         weights = jnp.where(mask, weights, 0.0)
     attended = weights
     if dropout_rate > 0.0:
