@@ -1,8 +1,10 @@
-"""A bidirectional GRU (hidden 128 each way) on MNIST-1D.
+"""A bidirectional GRU (hidden 128 each way, two samples per step) on MNIST-1D.
 
 Command: jaxarch run mnist1d-gru
-Wall time: see README (measured on a 2-core CPU).
-Expected: test accuracy >= 97% for LSTM and GRU (published GRU: 91%, Greydanus 2020).
+Wall time: 2000 steps; 47.4 s of training in `jaxarch tour` on a quiet 2-core CPU, 2.4x the CNN's 19.4 s
+(the published GRU needed about 10x the CNN's time).
+Expected: test accuracy >= 97% (published GRU: 91%, Greydanus 2020); measured 97.6% (97.9% with one sample
+per step, at twice the sequential steps).
 """
 
 from jaxarch.experiments import _recurrent

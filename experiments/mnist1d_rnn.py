@@ -1,8 +1,8 @@
-"""A bidirectional RNN (hidden 128 each way) on MNIST-1D.
+"""A bidirectional tanh RNN (hidden 128 each way, two samples per step) on MNIST-1D.
 
 Command: jaxarch run mnist1d-rnn
-Wall time: see README (measured on a 2-core CPU).
-Expected: test accuracy >= 97% for LSTM and GRU (published GRU: 91%, Greydanus 2020).
+Wall time: 2000 steps; 19.9 s of training in `jaxarch tour` on a quiet 2-core CPU (1.0x the CNN).
+Expected: below the gated cells (no target; published GRU: 91%, Greydanus 2020); measured 95.2%.
 """
 
 from jaxarch.experiments import _recurrent

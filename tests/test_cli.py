@@ -75,6 +75,10 @@ def test_tour_table_has_published_numbers():
     gru = next(line for line in table.splitlines() if "mnist1d-gru" in line)
     assert gru.split()[-1] == "2.5"  # train seconds over the CNN's, 5.0 / 2.0
     assert {"mnist1d-rnn", "mnist1d-lstm", "mnist1d-gru", "mnist1d-transformer"} <= {row.experiment for row in ROWS}
+    from jaxarch import experiments
+
+    for row in ROWS:
+        assert experiments.get_config(row.experiment).data.name == "mnist1d", row
 
 
 def test_tour_model_selection():
