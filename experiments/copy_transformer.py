@@ -4,8 +4,9 @@ Command: jaxarch run copy-transformer
 Wall time: about 0.4-0.6 s per step on a shared 2-core CPU (400 steps: 3-4 min).
 Expected: target test cross-entropy <= 1e-3 NOT reached yet: measured runs sit on the memoryless plateau
 (train loss 0.0206 after 250 steps, learned positions; test loss 0.0206 after 200 steps with
-model.positions=sinusoidal), like LSTM/GRU/RNN (0.0204). Attention over 1020 keys starts uniform, so the
-symbol signal reaching the lookup is diluted ~1000x.
+model.positions=sinusoidal; test loss 0.0205 after 500 steps with model.relative_bias=true, where the fixed
+offset is one learned scalar per head), like LSTM/GRU/RNN (0.0204). Attention over 1020 keys starts uniform, so
+the symbol signal reaching the lookup is diluted ~1000x.
 """
 
 from jaxarch.experiments import _attention

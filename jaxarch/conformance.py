@@ -208,6 +208,21 @@ _register("LearnedPositionEmbedding", Case(
              lambda a: (jnp.concatenate([a[0], a[0]], axis=1),)}))
 
 
+
+class _RelativeBiasAt(nn.Module):
+    """`RelativePositionBias` at fixed lengths (they are shapes, so static); the query offset is the array input."""
+
+    @nn.compact
+    def __call__(self, offset):
+        return layers.RelativePositionBias(3, 4, bidirectional=False, embedding_init=nn.initializers.normal(1.0),
+                                           name="bias")(5, 7, offset)
+
+
+_register("RelativePositionBias", Case(
+    "RelativePositionBias", lambda rng, dtype: (jnp.asarray(rng.integers(0, 3), jnp.int32),),
+    build=lambda dtype: _RelativeBiasAt(), differentiable=(),
+    invalid={"offset dtype": lambda a: (a[0].astype(jnp.float32),), "offset rank": lambda a: (a[0][None],)}))
+
 def _lengths(rng, dtype):
     del dtype
     return (jnp.asarray(rng.integers(1, 6, size=3), jnp.int32),)

@@ -160,7 +160,8 @@ def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, offset: in
 class RelativePositionBias(nn.Module):
     """A learned attention bias per head and relative offset (Shaw et al. 2018; the per-head scalar form of T5).
 
-    `__call__(q_len, kv_len, offset=0) -> [1, num_heads, q_len, kv_len]` float32, to pass as attention `bias`.
+    `__call__(q_len, kv_len, offset=0) -> [1, num_heads, q_len, kv_len]` float32 (at least), to pass as
+    attention `bias`.
     Query `i` sits at position `i + offset` (an int or a traced int scalar: the cache index when decoding),
     key `j` at `j`. Each offset `key - query` in `[-max_distance, max_distance]` owns one scalar per head; larger
     offsets share the scalar of the nearest end. Causal models (`bidirectional=False`) only need the past:
@@ -193,5 +194,5 @@ class RelativePositionBias(nn.Module):
             index = jnp.clip(distance, -self.max_distance, self.max_distance) + self.max_distance
         else:
             index = jnp.clip(-distance, 0, self.max_distance)
-        bias = jnp.take(table, index, axis=0).astype(jnp.float32)  # [Q, K, H]
+        bias = jnp.take(table, index, axis=0).astype(jnp.promote_types(table.dtype, jnp.float32))  # [Q, K, H]
         return jnp.transpose(bias, (2, 0, 1))[None]
