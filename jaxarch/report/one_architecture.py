@@ -1,7 +1,8 @@
 """Claim 8: one architecture serves text and vision.
 
 charlm-gpt (causal Transformer blocks over characters) and digits-vit (Transformer blocks over image patches)
-are trained as their experiments define them, with fewer steps. Each is compared with a model that cannot use
+are trained as their experiments define them, with fewer steps, and charlm-gpt's blocks take digits-vit's
+width, heads and MLP ratio (the claim is about one block). Each is compared with a model that cannot use
 what the Transformer adds: for text, the unigram model (each character's training frequency, no context); for
 vision, logistic regression on the raw pixels. Their blocks are compared parameter by parameter.
 """
@@ -68,12 +69,22 @@ def _plot(path, numbers: dict) -> None:
     save(figure, path)
 
 
+def vit_block_overrides() -> tuple[str, ...]:
+    """Overrides giving a Transformer model digits-vit's block: width, heads and MLP ratio."""
+    from jaxarch import experiments
+    from jaxarch.models import MODELS
+
+    vit = experiments.get_config("digits-vit").model
+    shape = {name: vit.get(name, getattr(MODELS.get("vit"), name)) for name in ("embed_dim", "num_heads", "mlp_ratio")}
+    return tuple(f"model.{name}={value}" for name, value in shape.items())
+
+
 def run(context: Context) -> ClaimResult:
     budget = context.budget
     vision_steps = f"train.steps={budget.vision_steps}"
     gpt = context.runs.train("charlm-gpt", "charlm-gpt", (
         f"train.steps={budget.charlm_steps}", f"train.batch_size={budget.charlm_batch_size}",
-        f"sample.num_tokens={SAMPLE_CHARACTERS}"))
+        f"sample.num_tokens={SAMPLE_CHARACTERS}", *vit_block_overrides()))
     vit = context.runs.train("digits-vit", "digits-vit", (vision_steps,))
     logreg = context.runs.train("digits-logreg", "mnist1d-logreg", ("data.name=digits", vision_steps))
 
