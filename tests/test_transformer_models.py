@@ -225,6 +225,8 @@ def _init(name, x, **options):
     ("gpt", jnp.zeros((B, T), jnp.int32), dict(num_outputs=V, vocab_size=V + 1),
      r"GPT: vocab_size with tie_embeddings is 14"),
     ("gpt", jnp.zeros((B, T), jnp.int32), dict(num_outputs=V, positions="alibi"), r"GPT: positions is 'alibi'"),
+    ("gpt", jnp.zeros((B, T), jnp.int32), dict(num_outputs=V, relative_bias=True, relative_max_distance=0),
+     r"RelativePositionBias: max_distance is 0"),
     ("transformer", jnp.zeros((B, T)), dict(num_outputs=5), r"TransformerClassifier: inputs rank is 2"),
     ("transformer", jnp.zeros((B, T, F), jnp.int32), dict(num_outputs=5),
      r"TransformerClassifier: inputs dtype is int32, expected a floating"),

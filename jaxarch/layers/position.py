@@ -168,8 +168,8 @@ class RelativePositionBias(nn.Module):
     offsets `0 ... -max_distance`, and future keys (masked anyway) read offset 0's entry. The table starts at
     zero, so an untrained bias leaves attention unchanged.
 
-    A fixed offset is one parameter here, however far: a task such as copying a symbol seen 1000 steps ago
-    is a single learned lookup, where absolute or rotary positions must learn the match for every position.
+    A fixed offset is one parameter per head here, however far back; with absolute positions the same lookup
+    has to be learned for every pair of positions.
     """
 
     num_heads: int

@@ -120,7 +120,8 @@ class GPT(_StackFields):
                 index.value = index.value + length
         bias = None
         if self.relative_bias:
-            max_distance = self.relative_max_distance or max(self.max_length - 1, 1)
+            max_distance = (max(self.max_length - 1, 1) if self.relative_max_distance is None
+                            else self.relative_max_distance)
             relative = RelativePositionBias(self.num_heads, max_distance, bidirectional=False,
                                             name="relative_position_bias")
             # Decoding attends over the whole cache (max_length keys); the cache index places the queries.
