@@ -208,7 +208,6 @@ _register("LearnedPositionEmbedding", Case(
              lambda a: (jnp.concatenate([a[0], a[0]], axis=1),)}))
 
 
-
 class _RelativeBiasAt(nn.Module):
     """`RelativePositionBias` at fixed lengths (they are shapes, so static); the query offset is the array input."""
 
@@ -222,6 +221,7 @@ _register("RelativePositionBias", Case(
     "RelativePositionBias", lambda rng, dtype: (jnp.asarray(rng.integers(0, 3), jnp.int32),),
     build=lambda dtype: _RelativeBiasAt(), differentiable=(),
     invalid={"offset dtype": lambda a: (a[0].astype(jnp.float32),), "offset rank": lambda a: (a[0][None],)}))
+
 
 def _lengths(rng, dtype):
     del dtype
