@@ -16,6 +16,8 @@ TINY = dataclasses.replace(
     QUICK, name="tiny", mnist1d_steps=2, probe_examples=4, adding_lengths=(8,), adding_steps=2, gradient_length=8,
     timing_lengths=(8,), timing_repetitions=1, copy_lengths=(4,), copy_steps=2, charlm_steps=1, charlm_batch_size=2,
     vision_steps=2, test_size=16)
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("JAXARCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
