@@ -33,5 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
         nonfinite="stop",  # A NaN/inf loss or gradient: "stop" the run, or "skip" the update and count it.
         debug_nans=False,  # jax_debug_nans: find the operation that made a NaN (slower; state not donated).
         fsdp=False,  # Also split parameters and optimizer state along the data axis (jaxarch.train.sharding).
+        # Warm start: a fresh run takes its parameters from the newest checkpoint in this earlier run's work
+        # directory (same model and optimizer settings; the data may differ, e.g. a curriculum). "": from the seed.
+        init_from="",
     ))
     return config

@@ -4,6 +4,7 @@ resumed run equals an uninterrupted one."""
 import json
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -96,8 +97,6 @@ def test_bad_config_values_are_value_errors(override, message, tmp_path):
 
 
 def test_train_step_donates_and_is_not_retraced(tmp_path):
-    import chex
-
     from jaxarch.data import load_dataset
     from jaxarch.models import build_model
     from jaxarch.train import TASKS, init_state, make_train_step
@@ -112,3 +111,38 @@ def test_train_step_donates_and_is_not_retraced(tmp_path):
         state, _ = step(state, dataset.train_batch(0, s, 32))
     assert int(state.step) == 3
     assert jax.tree_util.tree_leaves(old_params)[0].is_deleted()
+
+
+def test_a_warm_start_takes_the_parameters_and_a_fresh_optimizer(tmp_path):
+    from jaxarch.train import init_state
+    from jaxarch.train.checkpoint import Checkpointer, load_trained_params
+    from jaxarch.train.loop import build_dataset_and_model
+
+    first = tiny("mnist1d-mlp", "train.steps=30")
+    train_and_evaluate(first, tmp_path / "first", progress=False)
+    dataset, model = build_dataset_and_model(first)
+    fresh = init_state(first, dataset, model)
+    trained, _ = Checkpointer(tmp_path / "first", every=0, keep=1).restore(fresh)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "first").rglob("*"))
+    warm, step = load_trained_params(tmp_path / "first", fresh)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "first").rglob("*")) == before
+    assert step == 30 and int(warm.step) == 0
+    chex.assert_trees_all_equal(warm.params, trained.params)
+    chex.assert_trees_all_equal(warm.opt_state, fresh.opt_state)
+    assert not np.array_equal(jax.tree_util.tree_leaves(warm.params)[0], jax.tree_util.tree_leaves(fresh.params)[0])
+
+    # The warm-started run begins where the first one ended, not at the seed's loss.
+    second = tiny("mnist1d-mlp", "train.steps=10", f"train.init_from={tmp_path / 'first'}")
+    train_and_evaluate(second, tmp_path / "second", progress=False)
+    assert train_losses(tmp_path / "second")[0] < 0.9 * train_losses(tmp_path / "first")[0]
+
+
+def test_init_from_a_missing_run_or_another_model_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="train.init_from: .* has no checkpoints/ directory"):
+        train_and_evaluate(tiny("mnist1d-mlp", f"train.init_from={tmp_path / 'none'}"), tmp_path / "a",
+                           progress=False)
+    train_and_evaluate(tiny("mnist1d-logreg", "train.steps=5"), tmp_path / "logreg", progress=False)
+    with pytest.raises(ValueError, match="train.init_from: .*holds a different train state.*same model and "
+                                         "optimizer settings"):
+        train_and_evaluate(tiny("mnist1d-mlp", f"train.init_from={tmp_path / 'logreg'}"), tmp_path / "b",
+                           progress=False)

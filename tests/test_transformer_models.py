@@ -274,6 +274,8 @@ EXPERIMENTS = {
                    "sample.num_tokens=4"],
     "copy-transformer": ["data.seq_len=12", "model.max_length=32", "model.implementation=xla",
                          "data.test_size=100"],
+    "copy-transformer-short": ["data.seq_len=12", "model.max_length=32", "model.implementation=xla",
+                               "data.test_size=100"],
     "adding-transformer": ["data.seq_len=20", "data.test_size=100"],
     "mnist1d-transformer": ["model.embed_dim=16", "model.num_layers=1", "model.stem=(8,)", *PLAIN_TRAINING],
     "mnist1d-transformer-plain": ["model.embed_dim=16", "model.num_layers=1", "data.shift_augment=0",

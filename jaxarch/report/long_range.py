@@ -35,7 +35,9 @@ def copy_run(model: str, seq_len: int, context: Context) -> tuple[str, str, tupl
         # The XLA attention kernel computes the weights the map shows; at these lengths it is the fast one.
         # Untied output embeddings and a lower learning rate: with the output head tied to the input embedding
         # the one-layer model was measured to stay on the memoryless plateau far longer.
-        extra = ("model.positions=rope", "model.implementation=xla", f"model.max_length={seq_len + 2 * COPY_SYMBOLS}",
+        # One block and no relative bias: the comparison is of one attention lookup against recurrence.
+        extra = ("model.positions=rope", "model.relative_bias=False", "model.num_layers=1",
+                 "model.implementation=xla", f"model.max_length={seq_len + 2 * COPY_SYMBOLS}",
                  "model.tie_embeddings=False", "optim.learning_rate=1e-3", "train.batch_size=32")
     else:
         extra = RECURRENT_OVERRIDES

@@ -9,6 +9,9 @@ a validation metric.
 
 A checkpoint that cannot be read, or whose contents do not match its digest (a flipped bit restores silently
 otherwise), is reported, moved to `<workdir>/corrupt_checkpoints`, and the previous one is tried.
+
+`load_trained_params` warm-starts a run from another run's checkpoints, reading them without changing that
+directory.
 """
 
 from __future__ import annotations
@@ -65,8 +68,11 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: Path, *, every: int, keep: int, best_metric: str | None = None,
-                 higher_is_better: bool = True):
+                 higher_is_better: bool = True, read_only: bool = False,
+                 mismatch_hint: str = "use --restart to start over or choose another --workdir"):
         self.every = every
+        self.read_only = read_only  # another run's directory: nothing there is created, cleaned or moved
+        self.mismatch_hint = mismatch_hint
         self.workdir = Path(workdir).absolute()
         worst = -math.inf if higher_is_better else math.inf
         # Checkpoints between evaluations carry no metric and rank below every evaluated one (orbax warns on
@@ -76,7 +82,8 @@ class Checkpointer:
         if best_metric is not None:
             retained.append(policies.BestN(get_metric_fn=self._metric, reverse=not higher_is_better, n=1))
         options = ocp.CheckpointManagerOptions(
-            create=True, cleanup_tmp_directories=True,  # a save cut short leaves a temporary directory only
+            # A save cut short leaves a temporary directory only, cleaned up here (unless read-only).
+            create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only,
             best_fn=self._metric if best_metric is not None else None,
             best_mode="max" if higher_is_better else "min",
             preservation_policy=policies.AnyPreservationPolicy(retained))
@@ -128,10 +135,14 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"checkpoint: the checkpoint at step {step} in {self.workdir / CHECKPOINTS} holds a different "
                 f"train state ({shown}), expected one written by the same model and optimizer settings; "
-                "use --restart to start over or choose another --workdir")
+                f"{self.mismatch_hint}")
         return None
 
     def _quarantine(self, step: int, problem: str) -> None:
+        if self.read_only:
+            print(f"[jaxarch] the checkpoint at step {step} in {self.workdir / CHECKPOINTS} is damaged: {problem}; "
+                  "trying the previous one", file=sys.stderr)
+            return
         source = self.workdir / CHECKPOINTS / str(step)
         target = self.workdir / QUARANTINE / str(step)
         suffix = 1
@@ -159,6 +170,29 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_trained_params(workdir: str | Path, template: TrainState) -> tuple[TrainState, int]:
+    """`template` with the parameters and model state of the newest intact checkpoint in another run's
+    `workdir` (a warm start: optimizer state, step and RNG stay the template's). That run must have had the
+    same model and optimizer settings, so that its train state has the template's structure."""
+    workdir = Path(workdir).expanduser()
+    if not (workdir / CHECKPOINTS).is_dir():
+        raise ValueError(f"train.init_from: {str(workdir)!r} has no {CHECKPOINTS}/ directory, expected the work "
+                         "directory of an earlier run")
+    source = Checkpointer(workdir, every=0, keep=1, read_only=True,
+                          mismatch_hint="train.init_from needs a run of the same model and optimizer settings (the "
+                                        "data and step count may differ)")
+    try:
+        restored = source.restore(template)
+    except CheckpointMismatchError as err:
+        raise ValueError(f"train.init_from: {err}") from None
+    finally:
+        source.close()
+    if restored is None:
+        raise ValueError(f"train.init_from: {str(workdir)!r} holds no intact checkpoint, expected at least one")
+    trained, step = restored
+    return template.replace(params=trained.params, model_state=trained.model_state), step
 
 
 def _first_line(err: Exception) -> str:

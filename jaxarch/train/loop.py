@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
-from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer
+from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer, load_trained_params
 from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_rows, make_mesh, padded_batch_size,
                                 place_batch)
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
@@ -95,6 +95,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     if restored is not None:
         state, resume_step = restored
         print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
+    elif train.init_from:
+        # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
+        state, source_step = load_trained_params(train.init_from, state)
+        print(f"[jaxarch] {config.name} starts from the parameters of {train.init_from} at step {source_step}",
+              file=sys.stderr)
     if primary:
         write_config(workdir, config)
     log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)

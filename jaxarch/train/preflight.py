@@ -56,6 +56,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "steps": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "log_every": _EVERY,
         "eval_every": _EVERY, "checkpoint_every": _EVERY, "keep_checkpoints": _POSITIVE,
         "nonfinite": _choice(POLICIES), "debug_nans": _BOOL, "fsdp": _BOOL,
+        "init_from": Option((str,), lambda v: True, "the work directory of an earlier run, or '' for none"),
     },
     "optim": {
         "optimizer": _choice(OPTIMIZERS), "learning_rate": _number(lambda v: v > 0, "a number > 0"),
