@@ -300,3 +300,17 @@ def test_each_attention_experiment_learns(name, tmp_path):
     assert len(losses) == 6
     assert losses[-1] < 0.85 * losses[0], losses  # At least 15% below the first 10 steps' mean.
     assert result["experiment"] == name and result["params"] > 0
+
+
+def test_copy_transformer_short_can_warm_start_copy_transformer():
+    """The curriculum's two stages build train states of one structure, so `train.init_from` accepts the first."""
+    from jaxarch.train import init_state
+    from jaxarch.train.checkpoint import _leaf_signatures
+    from jaxarch.train.loop import build_dataset_and_model
+
+    signatures = []
+    for name in ("copy-transformer-short", "copy-transformer"):
+        config = override_config(experiments.get_config(name), ["data.test_size=10"])
+        dataset, model = build_dataset_and_model(config)
+        signatures.append(_leaf_signatures(jax.eval_shape(lambda: init_state(config, dataset, model))))
+    assert signatures[0] == signatures[1]
