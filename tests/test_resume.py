@@ -152,6 +152,21 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(damag
     assert [r["step"] for r in records(workdir)] == [r["step"] for r in records(tmp_path / "whole")]
 
 
+def test_a_warm_start_skips_a_damaged_checkpoint_and_leaves_the_source_as_it_was(tmp_path, capsys):
+    train_and_evaluate(tiny(), tmp_path / "source", progress=False)
+    flip_a_byte(largest_data_file(tmp_path / "source" / CHECKPOINTS / "40"))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*"))
+    capsys.readouterr()
+
+    warm = train_and_evaluate(tiny("train.steps=10", f"train.init_from={tmp_path / 'source'}"),
+                              tmp_path / "warm", progress=False)
+    err = capsys.readouterr().err
+    assert "the checkpoint at step 40 in" in err and "is damaged" in err
+    assert "starts from the parameters of" in err and "at step 30" in err
+    assert warm["resumed_from"] is None
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*")) == before
+
+
 def test_with_every_checkpoint_damaged_the_run_starts_over(tmp_path, capsys):
     train_and_evaluate(tiny("train.keep_checkpoints=1"), tmp_path, progress=False)
     flip_a_byte(largest_data_file(tmp_path / CHECKPOINTS / "40"))
