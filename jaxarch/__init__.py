@@ -1,7 +1,9 @@
 """jaxarch: convolutional, recurrent and attention architectures as pure-function Flax Linen modules."""
 
+from jaxarch.host_allocator import configure_host_allocator
 from jaxarch.xla_flags import apply_xla_flags
 
 apply_xla_flags()
+configure_host_allocator()
 
 __version__ = "0.1.0"
