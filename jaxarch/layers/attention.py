@@ -38,6 +38,7 @@ from jax import lax
 
 from jaxarch.checks import (check_axis_size, check_broadcastable, check_floating, check_integer,
                             check_positive_ints, check_rank, check_size_as_at_init, fail)
+from jaxarch.layers.dense import flat_dot_general
 from jaxarch.layers.partitioning import EMBED, HEAD_DIM, HEADS, KV_HEADS, with_axes
 from jaxarch.layers.position import RoPEConfig, apply_rope
 
@@ -823,7 +824,8 @@ class MultiHeadAttention(nn.Module):
     def _dense(self, features, axis, name, kernel_axes, bias_axes):
         """`kernel_axes`, `bias_axes`: logical axis names of the kernel and bias (see `layers.partitioning`)."""
         return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype, kernel_init=with_axes(self.kernel_init, kernel_axes),
+                               param_dtype=self.param_dtype, dot_general=flat_dot_general,
+                               kernel_init=with_axes(self.kernel_init, kernel_axes),
                                bias_init=with_axes(self.bias_init, bias_axes), name=name)
 
     def _check_config(self, module: str, features: int):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxarch.checks import check_floating, check_positive_ints, check_rank, check_size_as_at_init, fail
 from jaxarch.layers.attention import MultiHeadAttention, check_mask_and_bias
+from jaxarch.layers.dense import flat_dot_general
 from jaxarch.layers.partitioning import EMBED, LAYERS, MLP, with_axes
 from jaxarch.layers.position import RoPEConfig
 
@@ -60,7 +61,8 @@ class MLPBlock(nn.Module):
         check_size_as_at_init(module, "x features (axis -1)", features, x.shape, self, ("hidden", "kernel"))
         hidden = self.hidden_features or int(self.mlp_ratio * features)
         check_positive_ints(module, "hidden width (mlp_ratio * features)", hidden)
-        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                     dot_general=flat_dot_general)
         zeros = nn.initializers.zeros_init()
         # Hidden units are the tensor-parallel axis: `hidden` splits its outputs, `output` its inputs.
         x = nn.Dense(hidden, name="hidden", kernel_init=with_axes(self.kernel_init, (EMBED, MLP)),

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxarch.checks import (check_floating, check_integer, check_positive_ints, check_rank, check_size_as_at_init,
                             fail)
 from jaxarch.layers.conv import Conv
+from jaxarch.layers.dense import flat_dot_general
 from jaxarch.layers.partitioning import EMBED, VOCAB, with_axes
 from jaxarch.layers.position import LearnedPositionEmbedding, RelativePositionBias, sinusoidal_positions
 from jaxarch.layers.transformer import TransformerDecoder, TransformerEncoder
@@ -133,7 +134,8 @@ class GPT(_StackFields):
                                                                                   deterministic=not train)
         if self.tie_embeddings:
             return embed.attend(x)  # [B, T, V]
-        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
+        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, dot_general=flat_dot_general,
+                        kernel_init=_HEAD_INIT, name="head")(x)
 
 
 class _EncoderClassifier(_StackFields):
@@ -166,7 +168,7 @@ class _EncoderClassifier(_StackFields):
             weights = mask.astype(x.dtype)[:, :, None]
             x = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return nn.Dense(self.num_outputs, dtype=self.dtype, name="head")(x)
+        return nn.Dense(self.num_outputs, dtype=self.dtype, dot_general=flat_dot_general, name="head")(x)
 
 
 def _check_input_channels(module: str, owner: nn.Module, x, stem: tuple[int, ...], first_layer: str) -> None:
@@ -220,7 +222,8 @@ class TransformerClassifier(_EncoderClassifier):
             check_floating(module, "inputs", inputs)
             _check_input_channels(module, self, inputs, self.stem, "input_projection")
             x = _conv_stem(self.stem, self.stem_kernel_size, 1, self.dtype, inputs)
-            tokens = nn.Dense(self.embed_dim, dtype=self.dtype, name="input_projection")(x)  # [B, T, D]
+            tokens = nn.Dense(self.embed_dim, dtype=self.dtype, dot_general=flat_dot_general,
+                              name="input_projection")(x)  # [B, T, D]
         return self._classify(module, tokens, self.positions, self.max_length, train, mask)
 
 
@@ -320,5 +323,6 @@ class EncoderDecoder(_StackFields):
             target, encoded, encoder_mask=source_mask, deterministic=deterministic)
         if self.tie_embeddings:
             return target_embed.attend(x)
-        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, kernel_init=_HEAD_INIT, name="head")(x)
+        return nn.Dense(self.num_outputs, use_bias=False, dtype=self.dtype, dot_general=flat_dot_general,
+                        kernel_init=_HEAD_INIT, name="head")(x)
 
