@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
 import jax
 import ml_collections

@@ -1,9 +1,9 @@
 """The copy-memory task at T = 1000 (data.seq_len= overridable) with a two-layer causal GPT and relative positions.
 
 Commands: jaxarch run copy-transformer-short && jaxarch run copy-transformer train.init_from=runs/copy-transformer-short
-Wall time: 500 steps; 439 s on a quiet 2-core CPU (1.1 steps/s), after copy-transformer-short's 94 s.
-Expected: target test cross-entropy <= 1e-3 (chance 0.0204); measured 1.8e-5 with the warm start (3.3e-4 at
-step 200, 3.1e-5 at step 300). Curriculum: the T = 200 stage learns what does not depend on T (find the output
+Wall time: 500 steps; 342 s on a quiet 2-core CPU (1.5 steps/s), after copy-transformer-short's 80 s.
+Expected: target test cross-entropy <= 1e-3 (chance 0.0204); measured 1.7e-5 with the warm start (1.8e-4 at
+step 200, 2.0e-5 at step 400). Curriculum: the T = 200 stage learns what does not depend on T (find the output
 phase, attend to the symbols rather than the blanks); here only the bias at the new offset is left to learn.
 From the seed alone the same model sits near chance: 0.0199 after 1500 steps (lr 3e-3; 0.0196 with lr 1e-2),
 because the bias at offset T + 10 is one scalar moving about one learning rate a step. With learned absolute

@@ -1,7 +1,7 @@
 """A plain patch-embedding Transformer (1-D ViT, patches of 4 samples, CLS token) on MNIST-1D, no tricks.
 
 Command: jaxarch run mnist1d-transformer-plain
-Wall time: 49 s of training (600 steps; 2-core CPU, shared).
+Wall time: 20.2 s of training (600 steps; quiet 2-core CPU).
 Expected: test accuracy 0.836 measured (151,818 params); mnist1d-transformer adds the tricks.
 """
 
