@@ -1,7 +1,7 @@
 """A bidirectional GRU (hidden 128 each way, two samples per step) on MNIST-1D.
 
 Command: jaxarch run mnist1d-gru
-Wall time: 2000 steps; 47.4 s of training in `jaxarch tour` on a quiet 2-core CPU, 2.4x the CNN's 19.4 s
+Wall time: 2000 steps; 52.8 s of training in `jaxarch tour` on a quiet 2-core CPU, 2.3x the CNN's 23.4 s
 (the published GRU needed about 10x the CNN's time).
 Expected: test accuracy >= 97% (published GRU: 91%, Greydanus 2020); measured 97.6% (97.9% with one sample
 per step, at twice the sequential steps).

@@ -1,7 +1,7 @@
 """Two bidirectional LSTM layers (hidden 96 each way, two samples per step) on MNIST-1D.
 
 Command: jaxarch run mnist1d-lstm
-Wall time: 2000 steps; 129.8 s of training in `jaxarch tour` on a quiet 2-core CPU, 5.0x the CNN's 26.1 s
+Wall time: 2000 steps; 102.4 s of training in `jaxarch tour` on a quiet 2-core CPU, 4.4x the CNN's 23.4 s
 in the same run.
 Expected: test accuracy >= 97% (published GRU: 91%, Greydanus 2020); measured 97.4%. Measured alternatives
 (two samples per step): one layer of 128, 96.4% (96.6% with dropout 0.2 and 3000 steps); two layers of 64,

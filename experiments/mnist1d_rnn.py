@@ -1,7 +1,7 @@
 """A bidirectional tanh RNN (hidden 128 each way, two samples per step) on MNIST-1D.
 
 Command: jaxarch run mnist1d-rnn
-Wall time: 2000 steps; 19.9 s of training in `jaxarch tour` on a quiet 2-core CPU (1.0x the CNN).
+Wall time: 2000 steps; 24.4 s of training in `jaxarch tour` on a quiet 2-core CPU (1.0x the CNN).
 Expected: below the gated cells (no target; published GRU: 91%, Greydanus 2020); measured 95.2%.
 """
 

@@ -3,7 +3,7 @@
 Also mean pooling, dropout 0.1 and weight decay 0.05 (derived from mnist1d-transformer-plain).
 
 Command: jaxarch run mnist1d-transformer
-Wall time: 113 s of training (600 steps; 2-core CPU, shared).
+Wall time: 40.8 s of training (600 steps) in `jaxarch tour` on a quiet 2-core CPU, 1.7x the CNN's 23.4 s.
 Expected: test accuracy 0.979 measured (170,826 params); the plain variant reaches 0.836.
 """
 
