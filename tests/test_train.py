@@ -13,8 +13,8 @@ from jaxarch import experiments
 from jaxarch.train import make_schedule, train_and_evaluate
 from jaxarch.train.configure import override_config
 
-TINY = ["optim.schedule=constant", "train.log_every=10", "train.eval_every=0", "train.checkpoint_every=0", "optim.warmup_steps=3",
-        "train.batch_size=64"]
+TINY = ["optim.schedule=constant", "train.log_every=10", "train.eval_every=0", "train.checkpoint_every=0",
+        "optim.warmup_steps=3", "train.batch_size=64"]
 
 
 @pytest.fixture(autouse=True)
