@@ -3,7 +3,6 @@
 from jaxarch.layers.attention import (MultiHeadAttention, causal_mask, combine_masks, dot_product_attention,
                                       padding_mask, sliding_window_mask)
 from jaxarch.layers.conv import Conv, ConvTranspose
-from jaxarch.layers.dense import flat_dot_general
 from jaxarch.layers.pooling import (adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool,
                                     global_max_pool, max_pool, min_pool)
 from jaxarch.layers.position import (LearnedPositionEmbedding, RelativePositionBias, RoPEConfig, alibi_bias,
@@ -12,7 +11,7 @@ from jaxarch.layers.recurrent import CELLS, RNN, Bidirectional, GRUCell, LSTMCel
 from jaxarch.layers.transformer import DecoderBlock, EncoderBlock, MLPBlock, TransformerDecoder, TransformerEncoder
 
 __all__ = [
-    "Conv", "ConvTranspose", "flat_dot_general",
+    "Conv", "ConvTranspose",
     "adaptive_avg_pool", "adaptive_max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "max_pool",
     "min_pool",
     "MultiHeadAttention", "causal_mask", "combine_masks", "dot_product_attention", "padding_mask",
