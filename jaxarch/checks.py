@@ -6,7 +6,7 @@ user never meets an XLA broadcasting trace for a wrong input.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +15,14 @@ import numpy as np
 def fail(module: str, what: str, got, expected) -> None:
     """Raises the project's standard error: `<module>: <what> is <got>, expected <expected>`."""
     raise ValueError(f"{module}: {what} is {got}, expected {expected}")
+
+
+def env_switch(module: str, environ: Mapping[str, str], name: str, off: str) -> bool:
+    """The on/off environment variable `name`: "1" (the default) is on, "0" is `off`, anything else an error."""
+    value = environ.get(name, "1")
+    if value not in ("0", "1"):
+        fail(module, name, repr(value), f"'0' ({off}) or '1' (the default)")
+    return value == "1"
 
 
 def check_rank(module: str, name: str, x, ranks: int | Iterable[int], layout: str = "") -> None:

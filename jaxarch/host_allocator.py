@@ -28,6 +28,8 @@ import ctypes.util
 import os
 from collections.abc import Mapping
 
+from jaxarch.checks import env_switch
+
 # glibc's <malloc.h> parameter numbers.
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -48,11 +50,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 def configure_host_allocator(environ: Mapping[str, str] = os.environ) -> bool:
     """Makes the `SETTINGS`; returns whether glibc took all of them."""
-    switch = environ.get("JAXARCH_HOST_ALLOCATOR", "1")
-    if switch not in ("0", "1"):
-        raise ValueError(f"jaxarch.host_allocator: JAXARCH_HOST_ALLOCATOR is {switch!r}, expected '0' (leave the "
-                         "allocator alone) or '1' (the default)")
-    libc = _glibc() if switch == "1" else None
+    on = env_switch("jaxarch.host_allocator", environ, "JAXARCH_HOST_ALLOCATOR", "leave the allocator alone")
+    libc = _glibc() if on else None
     if libc is None:
         return False
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

@@ -18,16 +18,14 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
+from jaxarch.checks import env_switch
+
 CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 
 
 def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> list[str]:
     """Appends to `environ["XLA_FLAGS"]` each of `CPU_FLAGS` it does not name yet; returns those added."""
-    switch = environ.get("JAXARCH_XLA_FLAGS", "1")
-    if switch not in ("0", "1"):
-        raise ValueError(f"jaxarch.xla_flags: JAXARCH_XLA_FLAGS is {switch!r}, expected '0' (leave XLA_FLAGS "
-                         "alone) or '1' (the default)")
-    if switch == "0":
+    if not env_switch("jaxarch.xla_flags", environ, "JAXARCH_XLA_FLAGS", "leave XLA_FLAGS alone"):
         return []
     current = environ.get("XLA_FLAGS", "")
     added = [flag for flag in CPU_FLAGS if flag.split("=")[0] not in current]
