@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from jaxarch.checks import check_floating, check_positive_ints, check_rank, fail
+from jaxarch.layers.conv_lowering import LOWERINGS, conv
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -152,6 +153,9 @@ class Conv(nn.Module):
     precision: lax.PrecisionLike = None
     kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init  # lecun_normal
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    # "patches": one matmul over the input's patches (im2col), "xla": XLA's convolution, "auto": patches on the
+    # CPU backend, where XLA's convolutions are slow (jaxarch/layers/conv_lowering.py).
+    lowering: str = "auto"
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
@@ -159,6 +163,8 @@ class Conv(nn.Module):
         kernel_size = check_positive_ints(label, "kernel_size", self.kernel_size)
         rank = len(kernel_size)
         check_positive_ints(label, "features", self.features)
+        if self.lowering not in LOWERINGS:
+            fail(label, "lowering", repr(self.lowering), f"one of {', '.join(map(repr, LOWERINGS))}")
         groups = check_positive_ints(label, "feature_group_count", self.feature_group_count)[0]
         strides = _per_axis(label, "strides", self.strides, rank)
         input_dilation = _per_axis(label, "input_dilation", self.input_dilation, rank)
@@ -196,10 +202,8 @@ class Conv(nn.Module):
         if pad_mode != "constant":
             x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),), mode=pad_mode)
             pads = ((0, 0),) * rank
-        y = lax.conv_general_dilated(
-            x, kernel, strides, pads, lhs_dilation=input_dilation, rhs_dilation=kernel_dilation,
-            dimension_numbers=_channels_last_dimension_numbers(rank), feature_group_count=groups,
-            precision=self.precision)  # [B, *out_spatial, features]
+        y = conv(x, kernel, strides, tuple(tuple(p) for p in pads), input_dilation, kernel_dilation, groups,
+                 _channels_last_dimension_numbers(rank), self.precision, self.lowering)  # [B, *out_spatial, F]
         if bias is not None:
             y = y + bias.reshape((1,) * (rank + 1) + (self.features,))
         return y[0] if unbatched else y

@@ -1,0 +1,118 @@
+"""`conv`: the channels-last convolution behind `Conv`, as XLA's convolution or as a matmul over patches.
+
+XLA:CPU runs convolutions, and above all their kernel gradient, well below the speed of its matmuls. The kernel
+gradient is itself a convolution, of the input with the output gradient, whose window is the whole output and
+whose result is only the kernel's few positions: a shape XLA:CPU handles slowly. The "patches" lowering (im2col,
+as Caffe lowered convolutions) writes the layer as one matmul instead. With `patches(x)` the `[batch *
+out_spatial, prod(window) * in_features]` matrix of every window the kernel sees,
+
+    y = patches(x) @ kernel.reshape(prod(window) * in_features, features)
+    dL/dkernel = patches(x).T @ dL/dy
+    dL/dx = XLA's transposed convolution of dL/dy (as in the "xla" lowering).
+
+The rule is a JVP (`custom_jvp`, like the pooling fast path), so forward-mode differentiation works too, and the
+input gradient is skipped when the input needs none (the network's first layer). The patches are computed once in
+the forward pass and kept for the backward one: `prod(window)` times the layer input's memory, the usual price of
+im2col.
+
+Measured on a 2-core CPU, the reference CNN's training step (batch 128, 28x28x1, conv3x3(32)-maxpool2-
+conv3x3(64)-maxpool2-dense), jitted with Adam, median of interleaved runs: 72 ms with XLA's convolutions, 53 ms
+with XLA's forward and input gradient and the patch kernel gradient, 43 ms with the patch forward as well.
+
+Values equal XLA's up to the order of a float sum (tests compare them in float64), and the parameters are the
+same arrays, so `flax.linen.Conv` checkpoints load unchanged. Grouped and input-dilated (transposed) convolutions
+always take XLA's lowering.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+__all__ = ["conv", "patches", "LOWERINGS"]
+
+LOWERINGS = ("auto", "patches", "xla")
+
+
+def patches(x, window: Sequence[int], strides: Sequence[int], pads: Sequence[tuple[int, int]],
+            kernel_dilation: Sequence[int]):
+    """`[B, *spatial, C]` -> `[B, *out_spatial, prod(window) * C]`: the inputs of every window, zero-padded.
+
+    Window offsets in row-major order with the input features fastest: the order of a `[*window, C, F]` kernel
+    reshaped to `[prod(window) * C, F]`. Negative pads crop, as in `lax.conv_general_dilated`.
+    """
+    padded = lax.pad(x, np.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
+    # One spatial axis at a time, the last first, so each concatenation prepends that axis's window offset to
+    # the feature order: fewer bytes moved than slicing every window offset of the whole window at once.
+    for axis in reversed(range(len(window))):
+        size, step, dilation = window[axis], strides[axis], kernel_dilation[axis]
+        length = padded.shape[axis + 1]
+        out = (length - (size - 1) * dilation - 1) // step + 1
+        shifted = [lax.slice_in_dim(padded, i * dilation, i * dilation + (out - 1) * step + 1, step, axis + 1)
+                   for i in range(size)]
+        padded = shifted[0] if size == 1 else lax.concatenate(shifted, dimension=x.ndim - 1)
+    return padded
+
+
+def _times_kernel(columns, kernel, precision):
+    """`[B, *out, prod(window) * C] @ [*window, C, F]` -> `[B, *out, F]`, as one 2-D matmul."""
+    features = kernel.shape[-1]
+    rows = math.prod(columns.shape[:-1])
+    out = lax.dot(columns.reshape(rows, columns.shape[-1]), kernel.reshape(-1, features), precision=precision)
+    return out.reshape(columns.shape[:-1] + (features,))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _patch_conv(x, kernel, strides, pads, kernel_dilation, dimension_numbers, precision):
+    columns = patches(x, kernel.shape[:-2], strides, pads, kernel_dilation)
+    return _times_kernel(columns, kernel, precision)
+
+
+@functools.partial(_patch_conv.defjvp, symbolic_zeros=True)
+def _patch_conv_jvp(strides, pads, kernel_dilation, dimension_numbers, precision, primals, tangents):
+    (x, kernel), (x_dot, kernel_dot) = primals, tangents
+    columns = patches(x, kernel.shape[:-2], strides, pads, kernel_dilation)  # shared by the output and dL/dkernel
+    out = _times_kernel(columns, kernel, precision)
+    terms = []
+    if not isinstance(x_dot, SymbolicZero):
+        # Transposed, this is XLA's input gradient, which runs as fast as its forward convolution.
+        terms.append(lax.conv_general_dilated(x_dot, kernel, strides, pads, rhs_dilation=kernel_dilation,
+                                              dimension_numbers=dimension_numbers, precision=precision))
+    if not isinstance(kernel_dot, SymbolicZero):
+        terms.append(_times_kernel(columns, kernel_dot, precision))
+    out_dot = functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
+    return out, out_dot
+
+
+def use_patches(lowering: str, input_dilation: Sequence[int], feature_group_count: int) -> bool:
+    """Whether `conv` takes the patch lowering: asked for, or `"auto"` on the CPU backend.
+
+    Grouped and input-dilated convolutions always take XLA's.
+    """
+    if feature_group_count != 1 or any(d != 1 for d in input_dilation):
+        return False
+    if lowering == "auto":
+        return jax.default_backend() == "cpu"
+    return lowering == "patches"
+
+
+def conv(x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...], input_dilation: tuple[int, ...],
+         kernel_dilation: tuple[int, ...], feature_group_count: int, dimension_numbers: lax.ConvDimensionNumbers,
+         precision=None, lowering: str = "auto"):
+    """Channels-last `lax.conv_general_dilated` (`x: [B, *spatial, C]`, `kernel: [*window, C / groups, F]`).
+
+    `lowering`: "patches" (matmuls over the input's patches, see the module docstring), "xla" (XLA's
+    convolution), or "auto": "patches" on the CPU backend, "xla" on GPU and TPU.
+    """
+    if use_patches(lowering, input_dilation, feature_group_count):
+        return _patch_conv(x, kernel, strides, pads, kernel_dilation, dimension_numbers, precision)
+    return lax.conv_general_dilated(x, kernel, strides, pads, lhs_dilation=input_dilation,
+                                    rhs_dilation=kernel_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, precision=precision)

@@ -1,0 +1,152 @@
+"""The "patches" convolution lowering computes what XLA's convolution computes: values, both gradients and the
+forward-mode derivative, in float64, for every padding mode, stride and dilation Conv accepts.
+
+Sizes differ on every axis (batch 3, spatial 11/9/6, in 4, out 5) so a swapped axis fails.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxarch.layers.conv import Conv
+from jaxarch.layers.conv_lowering import patches, use_patches
+
+BATCH, IN, OUT = 3, 4, 5
+SPATIAL = {1: (11,), 2: (11, 9), 3: (7, 9, 6)}
+KERNEL = {1: (3,), 2: (3, 2), 3: (3, 2, 2)}
+
+CASES = {
+    "same": dict(),
+    "valid, strided, dilated": dict(padding="VALID", strides=(2, 1, 3), kernel_dilation=(1, 2, 1)),
+    "causal, dilated": dict(padding="CAUSAL", kernel_dilation=2),
+    "explicit with a crop": dict(padding=[(1, 2), (-1, 1), (2, 0)], strides=2),
+    "circular, strided": dict(padding="CIRCULAR", strides=2),
+    "reflect": dict(padding="REFLECT"),
+}
+
+
+def _rng_array(shape, seed, dtype=np.float64):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _conv_kwargs(rank, case):
+    kwargs = dict(features=OUT, kernel_size=KERNEL[rank], **CASES[case])
+    for key in ("strides", "kernel_dilation"):
+        if isinstance(kwargs.get(key), tuple):
+            kwargs[key] = kwargs[key][:rank]
+    if isinstance(kwargs.get("padding"), list):
+        kwargs["padding"] = kwargs["padding"][:rank]
+    return kwargs
+
+
+def _value_grads_and_jvp(module, variables, x, cotangent, tangents):
+    def apply(variables, x):
+        return module.apply(variables, x)
+
+    y, vjp = jax.vjp(apply, variables, x)
+    _, y_dot = jax.jvp(apply, (variables, x), tangents)
+    return y, vjp(cotangent), y_dot
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_patch_lowering_equals_xla_in_float64(rank, case):
+    with jax.enable_x64(True):
+        kwargs = _conv_kwargs(rank, case)
+        x = jnp.asarray(_rng_array((BATCH,) + SPATIAL[rank] + (IN,), 0))
+        xla, patch = Conv(**kwargs, lowering="xla"), Conv(**kwargs, lowering="patches")
+        variables = jax.tree.map(lambda leaf: jnp.asarray(_rng_array(leaf.shape, 1)),
+                                 jax.eval_shape(xla.init, jax.random.key(0), x))
+        out_shape = jax.eval_shape(xla.apply, variables, x).shape
+        cotangent = jnp.asarray(_rng_array(out_shape, 2))
+        tangents = (jax.tree.map(lambda leaf: jnp.asarray(_rng_array(leaf.shape, 3)), variables),
+                    jnp.asarray(_rng_array(x.shape, 4)))
+        want = _value_grads_and_jvp(xla, variables, x, cotangent, tangents)
+        got = _value_grads_and_jvp(patch, variables, x, cotangent, tangents)
+        assert got[0].dtype == jnp.float64
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def _naive_patches(x, window, strides, pads, dilation):
+    """im2col by loops over every output position and window offset (float64 NumPy)."""
+    x = np.pad(np.asarray(x, np.float64), [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads] + [(0, 0)])
+    crop = tuple(slice(-min(lo, 0), x.shape[a + 1] + min(hi, 0)) for a, (lo, hi) in enumerate(pads))
+    x = x[(slice(None),) + crop]
+    spans = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+    out = [(n - span) // s + 1 for n, span, s in zip(x.shape[1:-1], spans, strides)]
+    result = np.zeros((x.shape[0], *out, int(np.prod(window)) * x.shape[-1]))
+    for position in itertools.product(*map(range, out)):
+        columns = []
+        for offset in np.ndindex(*window):
+            index = tuple(p * s + o * d for p, s, o, d in zip(position, strides, offset, dilation))
+            columns.append(x[(slice(None),) + index])
+        result[(slice(None),) + position] = np.concatenate(columns, axis=-1)
+    return result
+
+
+@pytest.mark.parametrize("window,strides,pads,dilation", [
+    ((3,), (1,), ((1, 1),), (1,)),
+    ((3, 2), (2, 1), ((0, 1), (1, 0)), (1, 2)),
+    ((2, 3, 2), (1, 2, 1), ((1, 0), (-1, 2), (0, 0)), (2, 1, 1)),
+])
+def test_patches_equal_the_loop_definition(window, strides, pads, dilation):
+    rank = len(window)
+    x = _rng_array((BATCH,) + SPATIAL[rank] + (IN,), 0, np.float32)
+    got = patches(jnp.asarray(x), window, strides, pads, dilation)
+    np.testing.assert_array_equal(got, _naive_patches(x, window, strides, pads, dilation).astype(np.float32))
+
+
+def _nested_primitives(jaxpr):
+    names = set()
+    for equation in jaxpr.eqns:
+        names.add(equation.primitive.name)
+        for value in equation.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                names |= _nested_primitives(inner)
+    return names
+
+
+def test_auto_is_patches_on_cpu_and_a_first_layer_skips_its_input_gradient():
+    x = jnp.asarray(_rng_array((BATCH, 11, 9, IN), 0, np.float32))
+    conv = Conv(OUT, (3, 3))
+    variables = conv.init(jax.random.key(0), x)
+    assert jax.default_backend() != "cpu" or use_patches("auto", (1, 1), 1)
+    grad = jax.grad(lambda v: jnp.sum(conv.apply(v, x) ** 2))
+    names = _nested_primitives(jax.make_jaxpr(grad)(variables).jaxpr)
+    assert "dot_general" in names
+    # Only the input gradient would be a convolution; the network's input has none to compute.
+    assert "conv_general_dilated" not in names
+
+
+@pytest.mark.parametrize("kwargs", [dict(feature_group_count=2), dict(input_dilation=2)])
+def test_grouped_and_input_dilated_convolutions_keep_xla(kwargs):
+    x = jnp.asarray(_rng_array((BATCH, 11, IN), 0, np.float32))
+    conv = Conv(6, 3, lowering="patches", **kwargs)
+    variables = conv.init(jax.random.key(0), x)
+    names = _nested_primitives(jax.make_jaxpr(conv.apply)(variables, x).jaxpr)
+    assert "conv_general_dilated" in names and "dot_general" not in names
+
+
+def test_bfloat16_patch_lowering_is_close_to_float32():
+    x = jnp.asarray(_rng_array((BATCH, 11, 9, IN), 0, np.float32))
+    variables = Conv(OUT, (3, 3)).init(jax.random.key(0), x)
+
+    def loss_and_grad(dtype):
+        conv = Conv(OUT, (3, 3), dtype=dtype, lowering="patches")
+        return jax.value_and_grad(lambda v: jnp.sum(conv.apply(v, x).astype(jnp.float32) ** 2))(variables)
+
+    (loss16, grads16), (loss32, grads32) = loss_and_grad(jnp.bfloat16), loss_and_grad(jnp.float32)
+    np.testing.assert_allclose(loss16, loss32, rtol=0.05)
+    for g16, g32 in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)):
+        assert g16.dtype == jnp.float32  # parameter gradients keep the parameters' dtype
+        np.testing.assert_allclose(g16, g32, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(g32))))
+
+
+def test_unknown_lowering_raises():
+    with pytest.raises(ValueError, match=r"^Conv: lowering is 'im2col', expected one of 'auto', 'patches', 'xla'"):
+        Conv(OUT, 3, lowering="im2col").init(jax.random.key(0), jnp.ones((BATCH, 11, IN)))
