@@ -111,11 +111,13 @@ def _nested_primitives(jaxpr):
     return names
 
 
-def test_auto_is_patches_on_cpu_and_a_first_layer_skips_its_input_gradient():
+def test_auto_is_patches_for_2d_and_3d_on_cpu_and_a_first_layer_skips_its_input_gradient():
     x = jnp.asarray(_rng_array((BATCH, 11, 9, IN), 0, np.float32))
     conv = Conv(OUT, (3, 3))
     variables = conv.init(jax.random.key(0), x)
-    assert jax.default_backend() != "cpu" or use_patches("auto", (1, 1), 1)
+    on_cpu = jax.default_backend() == "cpu"
+    assert use_patches("auto", (1, 1), 1) == on_cpu and use_patches("auto", (1, 1, 1), 1) == on_cpu
+    assert not use_patches("auto", (1,), 1) and use_patches("patches", (1,), 1)
     grad = jax.grad(lambda v: jnp.sum(conv.apply(v, x) ** 2))
     names = _nested_primitives(jax.make_jaxpr(grad)(variables).jaxpr)
     assert "dot_general" in names

@@ -40,6 +40,7 @@ class CNN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0  # Before the final Dense layer.
     dtype: jnp.dtype | None = None
+    lowering: str = "auto"  # Conv's: "patches" (im2col matmuls), "xla", or "auto" (patches for 2-D/3-D on CPU).
 
     def _check(self, x: jax.Array) -> None:
         rank = len(self.kernel_size)
@@ -68,7 +69,8 @@ class CNN(nn.Module):
         window = (self.pool_size,) * len(self.kernel_size)
         for features in self.features:
             for _ in range(self.convs_per_block):
-                x = Conv(features, self.kernel_size, use_bias=self.norm == "none", dtype=self.dtype)(x)
+                x = Conv(features, self.kernel_size, use_bias=self.norm == "none", dtype=self.dtype,
+                         lowering=self.lowering)(x)
                 if self.norm == "batch":
                     x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
                 elif self.norm == "layer":
