@@ -2,9 +2,10 @@
 
 Both modules name and shape their parameters exactly like `flax.linen.Conv` / `flax.linen.ConvTranspose`
 (`kernel: [*window, in_features // feature_group_count, features]`, `bias: [features]`), so parameters move
-between the two libraries unchanged and give the same outputs. What they add is input validation with
-readable errors, `"CAUSAL"` padding for every rank (optionally only along some axes) and `"SAME"` padding that
-also works with `input_dilation`.
+between the two libraries unchanged and give the same outputs (to float rounding where `Conv` takes its CPU
+lowering, matmuls over the input's patches: `jaxarch/layers/conv_lowering.py`). What they add is input validation
+with readable errors, `"CAUSAL"` padding for every rank (optionally only along some axes), `"SAME"` padding that
+also works with `input_dilation`, and on CPU the faster lowering.
 """
 
 from __future__ import annotations
