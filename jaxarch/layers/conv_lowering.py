@@ -17,8 +17,9 @@ im2col.
 
 Measured on a 2-core CPU (Intel Xeon), the reference CNN's training step (batch 128, 28x28x1, conv3x3(32)-
 maxpool2-conv3x3(64)-maxpool2-dense, Adam), median of interleaved runs: 72 ms with XLA's convolutions, 53 ms with
-XLA's forward and input gradient and the patch kernel gradient, 43 ms with the patch forward as well. In
-`jaxarch bench` that is 0.82-0.98x PyTorch eager's step across runs, from 0.51x with XLA's convolutions.
+XLA's forward and input gradient and the patch kernel gradient, 43 ms with the patch forward as well (with the
+batch a compile-time constant, which let XLA fold the first layer's patches away: under 1 ms). In `jaxarch bench`,
+batch passed to the step, that is 0.82-0.93x PyTorch eager's step across runs, from 0.51x with XLA's convolutions.
 
 Values equal XLA's up to the order of a float sum (tests compare them in float64), and the parameters are the
 same arrays, so `flax.linen.Conv` checkpoints load unchanged. Grouped and input-dilated (transposed) convolutions
