@@ -130,6 +130,34 @@ def test_project_first_equals_in_loop_projection():
     np.testing.assert_allclose(first, in_loop, atol=1e-6)
 
 
+@pytest.mark.parametrize(("use_lengths", "reverse"), [(False, False), (True, True)], ids=["plain", "lengths-rev"])
+def test_fused_lstm_kernel_equals_differentiated_scan(use_lengths, reverse):
+    """The whole-sequence LSTM kernel against `fused_sequence=False` in float64: outputs, final carry, the VJP
+    for parameters, inputs and initial carry, and the JVP, to 1e-12."""
+    with jax.enable_x64(True):
+        fused = RNN(LSTMCell(HIDDEN, param_dtype=jnp.float64), return_carry=True, reverse=reverse)
+        scan = fused.clone(fused_sequence=False)
+        x = _inputs(0, dtype=jnp.float64)
+        params = _rnn_params(fused.cell, x)
+        carry0 = jax.tree.map(lambda c: 0.3 * _inputs(6, c.shape, jnp.float64),
+                              fused.cell.initialize_carry(jax.random.key(0), x[:, 0].shape))
+        lengths = jnp.asarray(SEQ_LENGTHS) if use_lengths else None
+        rng = np.random.default_rng(3)
+        like = lambda tree: jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), tree)  # noqa: E731
+        tangents = (like(params), like(x), like(carry0))
+        cotangent = like(jax.eval_shape(lambda: fused.apply({"params": params}, x, initial_carry=carry0)))
+
+        def results(model):
+            def f(params, x, carry0):
+                return model.apply({"params": params}, x, seq_lengths=lengths, initial_carry=carry0)
+
+            out, vjp = jax.vjp(f, params, x, carry0)
+            return out, vjp(cotangent), jax.jvp(f, (params, x, carry0), tangents)[1]
+
+        chex.assert_trees_all_close(jax.jit(lambda: results(fused))(), jax.jit(lambda: results(scan))(),
+                                    atol=1e-12, rtol=1e-12)
+
+
 def test_time_major_and_keep_order():
     x = _inputs()
     model = RNN(GRUCell(HIDDEN), reverse=True)

@@ -28,9 +28,9 @@ hidden 256, jitted train step: about 0.41 vs 0.31 CPU-seconds a step for the LST
 
 Where the projection stays inside the scan, plain LSTM cells (the defaults: no peepholes or layer norm,
 sigmoid/tanh, one float32 or float64 dtype throughout) run as one whole-sequence kernel, `_lstm_sequence`, with
-the same forward operations and a hand-derived tangent: the backward loop
-keeps only the recurrent matmul, the weight gradients become large matmuls after it, and far fewer per-step
-intermediates are stored (`RNN(fused_sequence=False)` turns it off). Tried and dropped on the 2-core CPU: splitting
+the forward operations of `step_projected` (its two matmuls fused into one) and a hand-derived tangent: the
+backward loop keeps only the recurrent matmul, the weight gradients become large matmuls after it, and far fewer
+per-step intermediates are stored (`RNN(fused_sequence=False)` turns it off). Tried and dropped on the 2-core CPU: splitting
 the batch into independent scans to use both cores (XLA:CPU runs independent while loops one after another, so it
 only added overhead), unroll 2/4/8, projecting first inside the kernel (slower, as above), and the same kernel for
 the GRU (no faster than its scan).
@@ -441,7 +441,8 @@ class GRUCell(_FusedGateCell):
 # a step), and whose weight and input tangents enter through single `[T*B, ...]` matmuls
 # outside the loop. Reverse mode transposes that tangent, so the backward loop holds only `dgates_t @ W_h^T` and the
 # weight gradients become two large matmuls after it. Forward mode (`jax.jvp`, `jax.jacfwd`) keeps working. The
-# forward values are computed by the same operations in the same order as `step_projected`.
+# forward values are those of `step_projected` up to float rounding: its input and recurrent matmuls run as one,
+# over `[x_t, h]`.
 # Measured (batch 64, time 128, in 64, hidden 256, jitted train step on a 2-core CPU, interleaved runs): about
 # 1.1-1.25x the steps/s of differentiating the plain scan. The same construction for the reset-after GRU measured
 # no faster than the plain scan (0.93-0.98x), so GRUs keep the scan.
@@ -463,11 +464,15 @@ def _flat(x: Array) -> Array:
 
 def _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals):
     """LSTM over `x: [T, B, in]`; with `residuals`, also the tangent's coefficients for every step."""
+    # One `[B, in + H] @ [in + H, 4H]` matmul a step instead of two: the input part alone was a poorly used
+    # `[B, in]` matmul (about 6% of the train step on a 2-core CPU).
+    kernel = jnp.concatenate([input_kernel, recurrent_kernel], axis=0)
+    bias = input_bias + recurrent_bias
 
     def body(carry, scanned):
         c, h = carry
         x_t, mask_t = scanned
-        gates = (x_t @ input_kernel + input_bias) + (h @ recurrent_kernel + recurrent_bias)  # [B, 4H]
+        gates = jnp.concatenate([x_t, h], axis=-1) @ kernel + bias  # [B, 4H]
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         new_c = f * c + i * g
@@ -542,8 +547,8 @@ class RNN(nn.Module):
     Cells with `project_inputs`/`step_projected` (all jaxarch cells) have their input projection hoisted out of
     the scan into one matmul when `project_first` (default: on GPU/TPU, not on CPU, see the module docstring).
     Other `flax.linen.RNNCellBase` cells are stepped whole. Plain LSTM cells projected inside the scan run as a
-    whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module docstring): same values,
-    forward and reverse mode, faster training.
+    whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module docstring): the same values
+    to float rounding, forward and reverse mode, faster training.
 
     `seq_lengths: [batch]` ints: outputs at `t >= seq_lengths[b]` are zero, the final carry is the carry after the
     last valid step (the initial carry for length 0), and padding is never read (it is zeroed first, so even NaN
@@ -566,7 +571,7 @@ class RNN(nn.Module):
     time_major: bool = False  # inputs [time, batch, in] instead of [batch, time, in]
     project_first: bool | None = None  # input projection as one matmul before the scan; None: not on CPU
     # Plain LSTM cells run as one whole-sequence kernel with a hand-derived gradient (see `_lstm_sequence`);
-    # same values, faster training. False always differentiates the scan of `step_projected`.
+    # the same values to float rounding, faster training. False differentiates the scan of `step_projected`.
     fused_sequence: bool = True
 
     @nn.compact
