@@ -3,7 +3,8 @@
 Command: jaxarch run mnist1d-lstm
 Wall time: 2000 steps; 102.4 s of training in `jaxarch tour` on a quiet 2-core CPU, 4.4x the CNN's 23.4 s
 in the same run.
-Expected: test accuracy >= 97% (published GRU: 91%, Greydanus 2020); measured 97.4%. Measured alternatives
+Expected: test accuracy >= 97% (published GRU: 91%, Greydanus 2020); measured 97.8% (97.4% before
+the kernel's two matmuls became one: float rounding moves the run). Measured alternatives
 (two samples per step): one layer of 128, 96.4% (96.6% with dropout 0.2 and 3000 steps); two layers of 64,
 96.8% (97.1% with 3000 steps); two layers of 128, 97.3% in 186 s (9.6x the CNN).
 """

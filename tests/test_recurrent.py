@@ -143,7 +143,10 @@ def test_fused_lstm_kernel_equals_differentiated_scan(use_lengths, reverse):
                               fused.cell.initialize_carry(jax.random.key(0), x[:, 0].shape))
         lengths = jnp.asarray(SEQ_LENGTHS) if use_lengths else None
         rng = np.random.default_rng(3)
-        like = lambda tree: jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), tree)  # noqa: E731
+
+        def like(tree):  # random values shaped like `tree`
+            return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), tree)
+
         tangents = (like(params), like(x), like(carry0))
         cotangent = like(jax.eval_shape(lambda: fused.apply({"params": params}, x, initial_carry=carry0)))
 
