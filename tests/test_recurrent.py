@@ -142,13 +142,9 @@ def test_fused_lstm_kernel_equals_differentiated_scan(use_lengths, reverse):
         carry0 = jax.tree.map(lambda c: 0.3 * _inputs(6, c.shape, jnp.float64),
                               fused.cell.initialize_carry(jax.random.key(0), x[:, 0].shape))
         lengths = jnp.asarray(SEQ_LENGTHS) if use_lengths else None
-        rng = np.random.default_rng(3)
-
-        def like(tree):  # random values shaped like `tree`
-            return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), tree)
-
-        tangents = (like(params), like(x), like(carry0))
-        cotangent = like(jax.eval_shape(lambda: fused.apply({"params": params}, x, initial_carry=carry0)))
+        tangents = tuple(_randomize(tree, key, scale=1.0) for key, tree in enumerate((params, x, carry0), 3))
+        cotangent = _randomize(jax.eval_shape(lambda: fused.apply({"params": params}, x, initial_carry=carry0)), 6,
+                               scale=1.0)
 
         def results(model):
             def f(params, x, carry0):
