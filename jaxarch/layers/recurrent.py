@@ -487,7 +487,33 @@ def _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recu
         gate_coef = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], -1)
         return new_carry, (y, (gate_coef, f, o * (1 - tanh_c * tanh_c), h))
 
-    return jax.lax.scan(body, (c0, h0), (x, mask), reverse=reverse)
+    scan = _scan_into_own_buffers if residuals else jax.lax.scan
+    return scan(body, (c0, h0), (x, mask), reverse=reverse)
+
+
+def _scan_into_own_buffers(body, carry, xs, reverse=False):
+    """`lax.scan(body, carry, xs, reverse=reverse)`, each stacked output written into a buffer of its own.
+
+    `lax.scan` starts every stacked output from zeros, and XLA merges equal initial values, here those of this
+    kernel's residuals and of the backward loop's outputs, into one broadcast that each loop then copies: 56 MB of
+    copies a training step at batch 64, time 128, hidden 256, and 3-4% of its time on a 2-core CPU. Distinct fill
+    values keep the buffers apart; every position is overwritten.
+    """
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    _, step_out = jax.eval_shape(body, carry, jax.tree.map(lambda a: a[0], xs))
+    leaves, treedef = jax.tree.flatten(step_out)
+    buffers = [jnp.full((num_steps,) + leaf.shape, k + 1, leaf.dtype) for k, leaf in enumerate(leaves)]
+
+    def loop_body(t, state):
+        carry, buffers = state
+        index = num_steps - 1 - t if reverse else t
+        carry, out = body(carry, jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), xs))
+        buffers = [jax.lax.dynamic_update_index_in_dim(b, o, index, 0)
+                   for b, o in zip(buffers, jax.tree.leaves(out))]
+        return carry, buffers
+
+    carry, buffers = jax.lax.fori_loop(0, num_steps, loop_body, (carry, buffers))
+    return carry, jax.tree.unflatten(treedef, buffers)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
