@@ -1,15 +1,17 @@
 """PyTorch peers in a child process, timed side by side with the JAX steps of the parent.
 
 In one process PyTorch's spinning OpenMP threads and XLA's thread pool starve each other (torch measured 20-30x
-slower on a 2-core CPU), so the torch models live in a worker process. It runs with PyTorch's own OpenMP
-settings (the environment's `OMP_WAIT_POLICY`, if any, passes through), which is how users run it and its fastest
-here. Measured on a quiet 2-core AMD EPYC, torch alone, reference shapes, steps/s with the default policy against
-`OMP_WAIT_POLICY=PASSIVE`: LSTM 20.8 against 11.5 (the passive wake-ups between the many small parallel regions of
-a recurrent step cost 45%), CNN 51.6 against 53.1, attention block 7.5 against 7.1; with one core busy with another
-job, CNN 28.9 against 31.2 and LSTM 9.9 against 10.7. (This suite forced `PASSIVE` before 2026-12-02, which
-understated the LSTM peer about twofold.) The parent's interleaved timer asks it for
-a few timed steps at a time (`TorchWorker.run`), so the torch steps take their turns in the same rounds as the
-JAX steps and load from other jobs hits both alike; neither process computes while the other is timed.
+slower on a 2-core CPU), so the torch models live in a worker process. It runs with PyTorch's own OpenMP settings
+(the environment's `OMP_WAIT_POLICY`, if any, passes through): that is how users run it, and for the LSTM by far
+its fastest here. Measured on a quiet 2-core AMD EPYC, torch alone, reference shapes, steps/s with the default
+policy against `OMP_WAIT_POLICY=PASSIVE`: LSTM 20.8 against 11.5 (the passive wake-ups between the many small
+parallel regions of a recurrent step cost 45%), CNN 51.6 against 53.1, attention block 7.5 against 7.1; with one
+core busy with another job, CNN 28.9 against 31.2 and LSTM 9.9 against 10.7. (This suite forced `PASSIVE` before
+2026-12-02, which understated the LSTM peer about twofold.) The parent's interleaved timer asks it for a few timed
+steps at a time (`TorchWorker.run`), so the torch steps take their turns in the same rounds as the JAX steps and
+load from other jobs hits both alike; neither process computes while the other is timed (by default torch's OpenMP
+threads spin only briefly after a step before they sleep; with `OMP_WAIT_POLICY=ACTIVE`, which spins on, the JAX
+steps timed in the same rounds ran 11-15% slower, the CNN 33.6 against 39.3 steps/s beside a passive peer).
 
 Protocol: one JSON object a line on the worker's stdin, one JSON reply a line on its stdout (the worker's own
 prints go to stderr). Requests: `{"command": "info"}`; `{"command": "build", "name", "family", "shape",
