@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import platform
 from collections.abc import Sequence
 
 import flax
@@ -48,6 +47,7 @@ from jaxarch.benchmarks.timing import (environment, matmul_step, time_runs_inter
                                        write_json)
 from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
 from jaxarch.benchmarks.workloads import FAMILIES, SIZES, Workload, check_family, make_data, workload
+from jaxarch.report.device import cpu_model
 
 # Experiments timed against device count (with overrides): a CNN and a Transformer language model, global batch
 # fixed (strong scaling).
@@ -191,15 +191,6 @@ def evaluate_targets(families: dict, backend: str) -> list[dict]:
     return evaluated
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        return names[0] if names else platform.processor()
-    except OSError:
-        return platform.processor()
-
-
 def check_families(families: Sequence[str]) -> tuple[str, ...]:
     families = tuple(families)
     if not families:
@@ -235,7 +226,7 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **environment(),
         "backend": backend,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "flax": flax.__version__,
         "dtype": jnp.dtype(dtype).name,

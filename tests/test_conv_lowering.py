@@ -1,7 +1,8 @@
 """The "patches" convolution lowering computes what XLA's convolution computes: values, both gradients and the
 forward-mode derivative, in float64, for every padding mode, stride and dilation Conv accepts.
 
-Sizes differ on every axis (batch 3, spatial 11/9/6, in 4, out 5) so a swapped axis fails.
+Sizes differ on every axis (batch 3, spatial 11/9/6, in 4, out 5) so a swapped axis fails. With one input
+channel, windows of up to `SUMMED_PRODUCTS_MAX` products take the summed forward product instead of the matmul.
 """
 
 import itertools
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxarch.layers.conv import Conv
-from jaxarch.layers.conv_lowering import patches, use_patches
+from jaxarch.layers.conv_lowering import SUMMED_PRODUCTS_MAX, patches, use_patches
 
 BATCH, IN, OUT = 3, 4, 5
 SPATIAL = {1: (11,), 2: (11, 9), 3: (7, 9, 6)}
@@ -48,12 +49,13 @@ def _value_grads_and_jvp(module, variables, x, cotangent, tangents):
     return y, vjp(cotangent), y_dot
 
 
+@pytest.mark.parametrize("in_features", [IN, 1])
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_patch_lowering_equals_xla_in_float64(rank, case):
+def test_patch_lowering_equals_xla_in_float64(rank, case, in_features):
     with jax.enable_x64(True):
         kwargs = _conv_kwargs(rank, case)
-        x = jnp.asarray(_rng_array((BATCH,) + SPATIAL[rank] + (IN,), 0))
+        x = jnp.asarray(_rng_array((BATCH,) + SPATIAL[rank] + (in_features,), 0))
         xla, patch = Conv(**kwargs, lowering="xla"), Conv(**kwargs, lowering="patches")
         variables = jax.tree.map(lambda leaf: jnp.asarray(_rng_array(leaf.shape, 1)),
                                  jax.eval_shape(xla.init, jax.random.key(0), x))
@@ -111,13 +113,23 @@ def test_auto_is_patches_for_2d_and_3d_on_cpu_and_a_first_layer_skips_its_input_
     assert "conv_general_dilated" not in jaxpr
 
 
-@pytest.mark.parametrize("kwargs", [dict(feature_group_count=2), dict(input_dilation=2)])
-def test_grouped_and_input_dilated_convolutions_keep_xla(kwargs):
-    x = jnp.asarray(_rng_array((BATCH, 11, IN), 0, np.float32))
-    conv = Conv(6, 3, lowering="patches", **kwargs)
+@pytest.mark.parametrize("kernel_size,in_features,summed", [
+    ((3, 3), 1, True),  # 9 products: a first layer on grey images
+    ((2, 2), 3, True),  # 12, the most that are summed
+    ((4, 4), 1, False),  # 16
+    ((3, 3), IN, False),  # 36
+])
+def test_few_products_per_output_are_summed_not_a_matmul(kernel_size, in_features, summed):
+    assert SUMMED_PRODUCTS_MAX == 12
+    x = jnp.asarray(_rng_array((BATCH, 11, 9, in_features), 0, np.float32))
+    conv = Conv(OUT, kernel_size, lowering="patches")
     variables = conv.init(jax.random.key(0), x)
-    jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
-    assert "conv_general_dilated" in jaxpr and "dot_general" not in jaxpr
+    assert ("dot_general" not in str(jax.make_jaxpr(conv.apply)(variables, x))) == summed
+    want = Conv(OUT, kernel_size, lowering="xla").apply(variables, x)
+    np.testing.assert_allclose(conv.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+    # The kernel gradient stays one matmul over the patches either way.
+    grad = jax.grad(lambda v: jnp.sum(conv.apply(v, x) ** 2))
+    assert "dot_general" in str(jax.make_jaxpr(grad)(variables))
 
 
 def test_bfloat16_patch_lowering_is_close_to_float32():
@@ -133,6 +145,27 @@ def test_bfloat16_patch_lowering_is_close_to_float32():
     for g16, g32 in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)):
         assert g16.dtype == jnp.float32  # parameter gradients keep the parameters' dtype
         np.testing.assert_allclose(g16, g32, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(g32))))
+
+
+def test_summed_products_in_bfloat16_round_once():
+    # Accumulated in float32, the bfloat16 output is the float32 one rounded: within half a bfloat16 step.
+    x = jnp.asarray(_rng_array((BATCH, 11, 9, 1), 0, np.float32))
+    variables = Conv(OUT, (3, 3)).init(jax.random.key(0), x)
+    x16 = x.astype(jnp.bfloat16).astype(jnp.float32)  # the input as the bfloat16 layer sees it
+    params16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), variables)
+    got = Conv(OUT, (3, 3), dtype=jnp.bfloat16, lowering="patches").apply(variables, x)
+    want = Conv(OUT, (3, 3), lowering="xla").apply(params16, x16)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2.0 ** -8, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(feature_group_count=2), dict(input_dilation=2)])
+def test_grouped_and_input_dilated_convolutions_keep_xla(kwargs):
+    x = jnp.asarray(_rng_array((BATCH, 11, IN), 0, np.float32))
+    conv = Conv(6, 3, lowering="patches", **kwargs)
+    variables = conv.init(jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
+    assert "conv_general_dilated" in jaxpr and "dot_general" not in jaxpr
 
 
 def test_unknown_lowering_raises():
