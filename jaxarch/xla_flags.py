@@ -1,13 +1,21 @@
 """XLA flags that jaxarch sets when it is imported, before JAX starts its backends.
 
-Only flags that change the order in which XLA runs a program, never what it computes:
+Flags that change how XLA:CPU runs a program, not what it computes beyond float rounding:
 
 - `--xla_cpu_enable_concurrency_optimized_scheduler=false`. XLA:CPU's default scheduler orders a program so that
   independent operations can run at once, holding more buffers live; the memory-minimising order it falls back to
   ran the reference CNN's training step (batch 128, 28x28x1, two conv-pool blocks) about 25% faster on a 2-core
   CPU shared with other jobs (wall 212-294 vs 266-540 ms a step, CPU time 58-68 vs 74-85 ms, separate processes
   alternating), and the LSTM, GRU and Transformer steps the same within noise. Scheduling does not change the
-  arithmetic: a training run gives bitwise the same parameters with and without it (tests/test_xla_flags.py).
+  arithmetic: a training run gives bitwise the same parameters with and without it (tests/test_import_settings.py).
+- `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` (jaxlib 0.9 and later, which know the flag:
+  XLA stops a process whose `XLA_FLAGS` name one it does not know). It takes convolutions off the default list of
+  operations XLA:CPU gives to YNNPACK, so that they run on Eigen, as before YNNPACK came in; the dots stay with
+  YNNPACK. On a 2-core AMD EPYC (family 25, model 17) YNNPACK ran each convolution on one core, Eigen on both:
+  the reference CNN's second layer, `[128, 14, 14, 32]` by `[3, 3, 32, 64]`, took 10 ms forward and 10 ms for
+  its input gradient against Eigen's 5.2 and 5.3 ms. `Conv`'s `"auto"` lowering then takes XLA's convolutions for
+  most 2-D layers (jaxarch/layers/conv_lowering.py), and the reference CNN's step ran 1.20x faster. Values differ
+  from YNNPACK's by float rounding only.
 
 Considered and not set: giving XLA:CPU's dots to oneDNN (`--xla_cpu_use_onednn=true` with
 `--xla_cpu_experimental_onednn_fusion_type=individual_dot`). On a 2-core Intel Xeon it ran the attention block's
@@ -23,12 +31,24 @@ changes when JAX's backends started before jaxarch was imported (XLA reads the f
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 from collections.abc import MutableMapping
 
 from jaxarch.checks import env_switch
 
-CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+CONVOLUTION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def cpu_flags(jaxlib_version: str) -> tuple[str, ...]:
+    """The flags for a jaxlib of version `jaxlib_version` ("0.10.2")."""
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", jaxlib_version)[:2])
+    return (SCHEDULER_FLAG,) + ((CONVOLUTION_FLAG,) if major_minor >= (0, 9) else ())
+
+
+CPU_FLAGS = cpu_flags(importlib.metadata.version("jaxlib"))
 
 
 def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> list[str]:

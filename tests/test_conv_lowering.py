@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from jaxarch.layers.conv import Conv
+from jaxarch.layers import conv_lowering
 from jaxarch.layers.conv_lowering import SUMMED_PRODUCTS_MAX, patches, use_patches
+from jaxarch.xla_flags import CONVOLUTION_FLAG, CPU_FLAGS
 
 BATCH, IN, OUT = 3, 4, 5
 SPATIAL = {1: (11,), 2: (11, 9), 3: (7, 9, 6)}
@@ -99,13 +101,29 @@ def test_patches_equal_the_loop_definition(window, strides, pads, dilation):
     np.testing.assert_array_equal(got, _naive_patches(x, window, strides, pads, dilation).astype(np.float32))
 
 
-def test_auto_is_patches_for_2d_and_3d_on_cpu_and_a_first_layer_skips_its_input_gradient():
-    x = jnp.asarray(_rng_array((BATCH, 11, 9, IN), 0, np.float32))
-    conv = Conv(OUT, (3, 3))
-    variables = conv.init(jax.random.key(0), x)
+@pytest.mark.parametrize("ynnpack", [True, False])
+def test_auto_takes_the_patches_where_they_were_faster(monkeypatch, ynnpack):
+    monkeypatch.setattr(conv_lowering, "ynnpack_runs_convolutions", lambda: ynnpack)
     on_cpu = jax.default_backend() == "cpu"
-    assert use_patches("auto", (1, 1), 1) == on_cpu and use_patches("auto", (1, 1, 1), 1) == on_cpu
-    assert not use_patches("auto", (1,), 1) and use_patches("patches", (1,), 1)
+    few, many = SUMMED_PRODUCTS_MAX, SUMMED_PRODUCTS_MAX + 1
+    assert use_patches("auto", (1, 1), 1, few) == on_cpu
+    assert use_patches("auto", (1, 1), 1, many) == (on_cpu and ynnpack)
+    assert use_patches("auto", (1, 1, 1), 1, many) == on_cpu
+    assert not use_patches("auto", (1,), 1, few) and use_patches("patches", (1,), 1, many)
+    assert not use_patches("patches", (1, 1), 2, few) and not use_patches("patches", (2, 1), 1, few)
+    assert not use_patches("xla", (1, 1), 1, few)
+
+
+def test_under_jaxarchs_flags_ynnpack_runs_no_convolution():
+    # Backends start after jaxarch is imported here; with the flag, XLA keeps convolutions off YNNPACK.
+    if CONVOLUTION_FLAG in CPU_FLAGS and jax.default_backend() == "cpu":
+        assert not conv_lowering.ynnpack_runs_convolutions()
+
+
+def test_a_first_layer_skips_its_input_gradient():
+    x = jnp.asarray(_rng_array((BATCH, 11, 9, IN), 0, np.float32))
+    conv = Conv(OUT, (3, 3), lowering="patches")
+    variables = conv.init(jax.random.key(0), x)
     grad = jax.grad(lambda v: jnp.sum(conv.apply(v, x) ** 2))
     jaxpr = str(jax.make_jaxpr(grad)(variables))  # nested jaxprs print inline
     assert "dot_general" in jaxpr

@@ -8,14 +8,15 @@ import sys
 import pytest
 
 from jaxarch.host_allocator import _glibc, configure_host_allocator
-from jaxarch.xla_flags import CPU_FLAGS, apply_xla_flags
+from jaxarch.xla_flags import CONVOLUTION_FLAG, CPU_FLAGS, SCHEDULER_FLAG, apply_xla_flags, cpu_flags
 
-# A few Adam steps of the reference CNN's layers (smaller batch); prints the flags in effect and a digest of the
-# final parameters and loss.
+# A few Adam steps of the reference CNN's layers (smaller batch); prints the flags in effect, a digest of the final
+# parameters and loss, the loss and the parameters' sum of squares, and whether YNNPACK ran XLA's convolutions.
 TRAIN = """
 import hashlib, os
 import jax, jax.numpy as jnp, numpy as np, optax
 from jaxarch.models import CNN
+from jaxarch.layers.conv_lowering import ynnpack_runs_convolutions
 model = CNN(num_outputs=10, features=(8, 16), kernel_size=(3, 3), head="flatten")
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((16, 28, 28, 1)), jnp.float32)
@@ -34,7 +35,9 @@ def step(params, opt_state):
 for _ in range(3):
     params, opt_state, loss = step(params, opt_state)
 digest = hashlib.sha256(b"".join(np.asarray(leaf).tobytes() for leaf in jax.tree.leaves((params, loss))))
-print(os.environ.get("XLA_FLAGS", ""), "|", digest.hexdigest())
+squares = sum(float(jnp.sum(leaf.astype(jnp.float64) ** 2)) for leaf in jax.tree.leaves(params))
+print(os.environ.get("XLA_FLAGS", ""), "|", digest.hexdigest(), "|", float(loss), "|", squares, "|",
+      ynnpack_runs_convolutions())
 """
 
 
@@ -64,21 +67,39 @@ def _run(script: str, **switches: str) -> str:
                           timeout=300).stdout.strip().splitlines()[-1]
 
 
-def _train(**switches: str) -> tuple[str, str]:
-    flags, digest = _run(TRAIN, **switches).split("|")
-    return flags.strip(), digest.strip()
+def _train(**switches: str) -> dict:
+    flags, digest, loss, squares, ynnpack = (part.strip() for part in _run(TRAIN, **switches).split("|"))
+    return dict(flags=flags, digest=digest, loss=float(loss), squares=float(squares), ynnpack=ynnpack == "True")
 
 
-def test_flags_leave_training_bitwise_identical():
+def test_the_scheduler_flag_leaves_training_bitwise_identical():
+    scheduled = _train(JAXARCH_XLA_FLAGS="0", XLA_FLAGS=SCHEDULER_FLAG)
+    default = _train(JAXARCH_XLA_FLAGS="0")
+    assert scheduled["flags"] == SCHEDULER_FLAG and default["flags"] == ""
+    assert scheduled["digest"] == default["digest"]
+
+
+@pytest.mark.skipif(CONVOLUTION_FLAG not in CPU_FLAGS, reason="this jaxlib does not know the flag")
+def test_the_convolution_flag_moves_convolutions_off_ynnpack_and_training_by_rounding_only():
     with_flags, without_flags = _train(JAXARCH_XLA_FLAGS="1"), _train(JAXARCH_XLA_FLAGS="0")
-    assert with_flags[0] == " ".join(CPU_FLAGS) and without_flags[0] == ""
-    assert with_flags[1] == without_flags[1]
+    assert with_flags["flags"] == " ".join(CPU_FLAGS) and without_flags["flags"] == ""
+    assert not with_flags["ynnpack"] and without_flags["ynnpack"]
+    # The second layer now runs as Eigen's convolution instead of the patch matmul: another order of float sums.
+    assert with_flags["loss"] == pytest.approx(without_flags["loss"], rel=1e-5)
+    assert with_flags["squares"] == pytest.approx(without_flags["squares"], rel=1e-5)
+
+
+def test_the_convolution_flag_needs_a_jaxlib_that_knows_it():
+    assert cpu_flags("0.8.2") == (SCHEDULER_FLAG,)
+    assert cpu_flags("0.9.0") == cpu_flags("0.10.2") == cpu_flags("1.0.0rc1") == (SCHEDULER_FLAG, CONVOLUTION_FLAG)
 
 
 def test_user_flags_win_and_the_switch_is_checked():
     environ = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true --xla_dump_to=/tmp/x"}
-    assert apply_xla_flags(environ) == []
-    assert environ["XLA_FLAGS"].endswith("/tmp/x")
+    assert apply_xla_flags(environ) == list(CPU_FLAGS[1:])
+    assert environ["XLA_FLAGS"].startswith("--xla_cpu_enable_concurrency_optimized_scheduler=true --xla_dump_to=/tmp/x")
+    environ = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
+    assert SCHEDULER_FLAG in apply_xla_flags(environ) and CONVOLUTION_FLAG not in environ["XLA_FLAGS"]
     environ = {}
     assert apply_xla_flags(environ) == list(CPU_FLAGS) and environ["XLA_FLAGS"] == " ".join(CPU_FLAGS)
     assert apply_xla_flags({"JAXARCH_XLA_FLAGS": "0"}) == []
@@ -87,7 +108,7 @@ def test_user_flags_win_and_the_switch_is_checked():
 
 
 def test_host_allocator_leaves_training_bitwise_identical():
-    assert _train(JAXARCH_HOST_ALLOCATOR="1")[1] == _train(JAXARCH_HOST_ALLOCATOR="0")[1]
+    assert _train(JAXARCH_HOST_ALLOCATOR="1")["digest"] == _train(JAXARCH_HOST_ALLOCATOR="0")["digest"]
 
 
 @pytest.mark.skipif(_glibc() is None, reason="the allocator settings are glibc's")

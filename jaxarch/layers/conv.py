@@ -154,8 +154,8 @@ class Conv(nn.Module):
     precision: lax.PrecisionLike = None
     kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init  # lecun_normal
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-    # "patches": one matmul over the input's patches (im2col), "xla": XLA's convolution, "auto": patches for 2-D
-    # and 3-D convolutions on the CPU backend, where XLA's are slow (jaxarch/layers/conv_lowering.py).
+    # "patches": one matmul over the input's patches (im2col), "xla": XLA's convolution, "auto": on the CPU
+    # backend, whichever measured faster for the rank and size (`use_patches` in jaxarch/layers/conv_lowering.py).
     lowering: str = "auto"
 
     @nn.compact

@@ -1,9 +1,11 @@
 """`conv`: the channels-last convolution behind `Conv`, as XLA's convolution or as a matmul over patches.
 
-XLA:CPU runs 2-D and 3-D convolutions, and above all their kernel gradient, well below the speed of its
-matmuls. The kernel gradient is itself a convolution, of the input with the output gradient, whose window is the
-whole output and whose result is only the kernel's few positions: a shape XLA:CPU handles slowly. The "patches"
-lowering (im2col, as Caffe lowered convolutions) writes the layer as one matmul instead. With `patches(x)` the
+XLA:CPU runs 3-D convolutions, and 2-D ones when it gives them to YNNPACK, well below the speed of its matmuls,
+above all their kernel gradient: a convolution of the input with the output gradient whose window is the whole
+output and whose result is only the kernel's few positions. The "patches" lowering (im2col, as Caffe lowered
+convolutions) writes the layer as one matmul instead. Which of the two `"auto"` takes, and the measurements
+behind it, are in `use_patches`: since jaxarch's XLA flags keep YNNPACK away from convolutions, 2-D layers
+mostly take XLA's (Eigen's) convolutions, which ran faster still. With `patches(x)` the
 `[batch * out_spatial, prod(window) * in_features]` matrix of every window the kernel sees,
 
     y = patches(x) @ kernel.reshape(prod(window) * in_features, features)
@@ -19,14 +21,15 @@ input gradient is skipped when the input needs none (the network's first layer).
 the forward pass and kept for the backward one: `prod(window)` times the layer input's memory, the usual price of
 im2col.
 
-Measured on a 2-core CPU (Intel Xeon), the reference CNN's training step (batch 128, 28x28x1, conv3x3(32)-
-maxpool2-conv3x3(64)-maxpool2-dense, Adam), median of interleaved runs: 72 ms with XLA's convolutions, 53 ms with
+Measured on a 2-core CPU (Intel Xeon) with YNNPACK running XLA's convolutions, the reference CNN's training step
+(batch 128, 28x28x1, conv3x3(32)-maxpool2-conv3x3(64)-maxpool2-dense, Adam), median of interleaved runs: 72 ms
+with XLA's convolutions, 53 ms with
 XLA's forward and input gradient and the patch kernel gradient, 43 ms with the patch forward as well (with the
 batch a compile-time constant, which let XLA fold the first layer's patches away: under 1 ms). In `jaxarch bench`,
 batch passed to the step, that is 0.82-0.93x PyTorch eager's step (started with OMP_WAIT_POLICY=PASSIVE) across
 runs, from 0.51x with XLA's convolutions.
 The summed first layer (9 products) then took the step from 43.3 to 39.6 ms on a 2-core AMD EPYC (family 25,
-model 17), interleaved in one process.
+model 17), interleaved in one process, and Eigen's convolutions for the second layer from 29.2 to 24.2 ms.
 
 Values equal XLA's up to the order of a float sum (tests compare them in float64), and the parameters are the
 same arrays, so `flax.linen.Conv` checkpoints load unchanged. Grouped and input-dilated (transposed) convolutions
@@ -122,20 +125,53 @@ def _patch_conv_jvp(strides, pads, kernel_dilation, dimension_numbers, precision
     return out, out_dot
 
 
-def use_patches(lowering: str, input_dilation: Sequence[int], feature_group_count: int) -> bool:
-    """Whether `conv` takes the patch lowering: asked for, or `"auto"` for a 2-D or 3-D convolution on CPU.
+@functools.cache
+def ynnpack_runs_convolutions() -> bool:
+    """Whether XLA:CPU gives this process's convolutions to YNNPACK: the compiled HLO of a probe convolution
+    (the reference CNN's second layer, `[128, 14, 14, 32]` by `[3, 3, 32, 64]`) names a YNN fusion.
 
-    1-D convolutions stay with XLA under "auto": there XLA's kernel gradient is not the bottleneck, and on a 2-CPU
-    machine the patch lowering was 7-35% slower (MNIST-1D's CNN step, batch 128 and 1024; single 1-D layers of
-    32 -> 64 and 64 -> 128 channels), where a 2-D layer of 64 -> 64 channels on [64, 32, 32, 64] ran 2.2x faster
-    and a 3-D layer of 16 -> 32 channels on [8, 16, 16, 16, 16] 1.4x. Grouped and input-dilated convolutions
-    always take XLA's.
+    jaxarch's XLA flags take them away (jaxarch/xla_flags.py); they stay with YNNPACK when the user's
+    `XLA_FLAGS` say so, with `JAXARCH_XLA_FLAGS=0`, or when JAX's backends started before jaxarch was imported.
+    Compiling the probe takes about 20 ms, once a process.
+    """
+    def probe(x, kernel):
+        return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    compiled = jax.jit(probe).lower(jax.ShapeDtypeStruct((128, 14, 14, 32), jnp.float32),
+                                    jax.ShapeDtypeStruct((3, 3, 32, 64), jnp.float32)).compile()
+    return "__ynn_fusion" in compiled.as_text()
+
+
+def use_patches(lowering: str, input_dilation: Sequence[int], feature_group_count: int, products: int) -> bool:
+    """Whether `conv` takes the patch lowering, `products` being `prod(window) * in_features`: asked for, or
+    `"auto"` on the CPU backend for
+
+    - 3-D convolutions;
+    - 2-D convolutions with at most `SUMMED_PRODUCTS_MAX` products per output, and every 2-D convolution while
+      XLA:CPU gives convolutions to YNNPACK (`ynnpack_runs_convolutions()`).
+
+    Measured on a 2-core AMD EPYC (family 25, model 17), training steps interleaved in one process: YNNPACK ran
+    each convolution on one core, and its 2-D ones (forward, input and kernel gradient) at half the speed of
+    Eigen's, which XLA uses without it (the reference CNN's second layer: 10 against 5.2 ms for the input
+    gradient; 16 against 9.5 ms for the kernel gradient, where the patch matmul took 13-16 ms with its
+    patches). With Eigen's convolutions every 2-D CNN step measured was faster with XLA's lowering than with
+    patches but for the summed first layer: the reference CNN (batch 128, 28x28x1, 32 and 64 channels) 1.20x,
+    its batch of 32 1.10x, 64x64x3 images 1.12x, the 8x8 digits 1.29x, a 64 -> 64 layer on [64, 32, 32, 64]
+    1.52x, three layers on [32, 32, 32, 3] 1.07x. Eigen's 3-D convolutions lost (a 16 -> 32 layer on
+    [8, 16, 16, 16, 16] 0.62x the patch lowering's step), so 3-D convolutions keep the patches.
+
+    1-D convolutions stay with XLA: there XLA's kernel gradient is not the bottleneck, and on a 2-CPU machine
+    the patch lowering was 7-35% slower (MNIST-1D's CNN step, batch 128 and 1024; single 1-D layers of
+    32 -> 64 and 64 -> 128 channels). Grouped and input-dilated convolutions always take XLA's.
     """
     if feature_group_count != 1 or any(d != 1 for d in input_dilation):
         return False
-    if lowering == "auto":
-        return len(input_dilation) >= 2 and jax.default_backend() == "cpu"
-    return lowering == "patches"
+    if lowering != "auto":
+        return lowering == "patches"
+    rank = len(input_dilation)
+    if rank < 2 or jax.default_backend() != "cpu":
+        return False
+    return rank > 2 or products <= SUMMED_PRODUCTS_MAX or ynnpack_runs_convolutions()
 
 
 def conv(x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...], input_dilation: tuple[int, ...],
@@ -144,9 +180,9 @@ def conv(x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...],
     """Channels-last `lax.conv_general_dilated` (`x: [B, *spatial, C]`, `kernel: [*window, C / groups, F]`).
 
     `lowering`: "patches" (matmuls over the input's patches, see the module docstring), "xla" (XLA's
-    convolution), or "auto": "patches" for 2-D and 3-D convolutions on the CPU backend, otherwise "xla".
+    convolution), or "auto": on the CPU backend the faster of the two as `use_patches` picks it, otherwise "xla".
     """
-    if use_patches(lowering, input_dilation, feature_group_count):
+    if use_patches(lowering, input_dilation, feature_group_count, math.prod(kernel.shape[:-1])):
         return _patch_conv(x, kernel, strides, pads, kernel_dilation, dimension_numbers, precision)
     return lax.conv_general_dilated(x, kernel, strides, pads, lhs_dilation=input_dilation,
                                     rhs_dilation=kernel_dilation, dimension_numbers=dimension_numbers,

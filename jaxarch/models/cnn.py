@@ -40,7 +40,7 @@ class CNN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0  # Before the final Dense layer.
     dtype: jnp.dtype | None = None
-    lowering: str = "auto"  # Conv's: "patches" (im2col matmuls), "xla", or "auto" (patches for 2-D/3-D on CPU).
+    lowering: str = "auto"  # Conv's: "patches" (im2col matmuls), "xla", or "auto" (the faster on CPU, see Conv).
 
     def _check(self, x: jax.Array) -> None:
         rank = len(self.kernel_size)
