@@ -10,8 +10,8 @@ Flags that change how XLA:CPU runs a program, not what it computes beyond float 
   arithmetic: a training run gives bitwise the same parameters with and without it (tests/test_import_settings.py).
 - `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` (jaxlib 0.9 and later, which know the flag:
   XLA stops a process whose `XLA_FLAGS` name one it does not know). It takes convolutions off the default list of
-  operations XLA:CPU gives to YNNPACK, so that they run on Eigen, as before YNNPACK came in; the dots stay with
-  YNNPACK. On a 2-core AMD EPYC (family 25, model 17) YNNPACK ran each convolution on one core, Eigen on both:
+  operations XLA:CPU gives to YNNPACK, so that they run on Eigen; the dots stay with YNNPACK. On a 2-core AMD
+  EPYC (family 25, model 17) YNNPACK ran each convolution on one core, Eigen on both:
   the reference CNN's second layer, `[128, 14, 14, 32]` by `[3, 3, 32, 64]`, took 10 ms forward and 10 ms for
   its input gradient against Eigen's 5.2 and 5.3 ms. `Conv`'s `"auto"` lowering then takes XLA's convolutions for
   most 2-D layers (jaxarch/layers/conv_lowering.py), and the reference CNN's step ran 1.20x faster. Values differ

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxarch.layers.conv import Conv
 from jaxarch.layers import conv_lowering
+from jaxarch.layers.conv import Conv
 from jaxarch.layers.conv_lowering import SUMMED_PRODUCTS_MAX, patches, use_patches
 from jaxarch.xla_flags import CONVOLUTION_FLAG, CPU_FLAGS
 

@@ -5,8 +5,8 @@ above all their kernel gradient: a convolution of the input with the output grad
 output and whose result is only the kernel's few positions. The "patches" lowering (im2col, as Caffe lowered
 convolutions) writes the layer as one matmul instead. Which of the two `"auto"` takes, and the measurements
 behind it, are in `use_patches`: since jaxarch's XLA flags keep YNNPACK away from convolutions, 2-D layers
-mostly take XLA's (Eigen's) convolutions, which ran faster still. With `patches(x)` the
-`[batch * out_spatial, prod(window) * in_features]` matrix of every window the kernel sees,
+mostly take XLA's (Eigen's) convolutions, which ran faster still. With `patches(x)` the `[batch * out_spatial,
+prod(window) * in_features]` matrix of every window the kernel sees,
 
     y = patches(x) @ kernel.reshape(prod(window) * in_features, features)
     dL/dkernel = patches(x).T @ dL/dy
@@ -23,11 +23,10 @@ im2col.
 
 Measured on a 2-core CPU (Intel Xeon) with YNNPACK running XLA's convolutions, the reference CNN's training step
 (batch 128, 28x28x1, conv3x3(32)-maxpool2-conv3x3(64)-maxpool2-dense, Adam), median of interleaved runs: 72 ms
-with XLA's convolutions, 53 ms with
-XLA's forward and input gradient and the patch kernel gradient, 43 ms with the patch forward as well (with the
-batch a compile-time constant, which let XLA fold the first layer's patches away: under 1 ms). In `jaxarch bench`,
-batch passed to the step, that is 0.82-0.93x PyTorch eager's step (started with OMP_WAIT_POLICY=PASSIVE) across
-runs, from 0.51x with XLA's convolutions.
+with XLA's convolutions, 53 ms with XLA's forward and input gradient and the patch kernel gradient, 43 ms with the
+patch forward as well (with the batch a compile-time constant, which let XLA fold the first layer's patches away:
+under 1 ms). In `jaxarch bench`, batch passed to the step, that is 0.82-0.93x PyTorch eager's step (started with
+OMP_WAIT_POLICY=PASSIVE) across runs, from 0.51x with XLA's convolutions.
 The summed first layer (9 products) then took the step from 43.3 to 39.6 ms on a 2-core AMD EPYC (family 25,
 model 17), interleaved in one process, and Eigen's convolutions for the second layer from 29.2 to 24.2 ms.
 
