@@ -33,7 +33,8 @@ def features(seed, shape):
 
 def scaled_init(model, *args, scale=0.5, **kwargs):
     """Parameters redrawn at a larger scale than the 0.02 embeddings, so outputs differ visibly by input."""
-    variables = model.init(jax.random.PRNGKey(0), *args, **kwargs)
+    # Only the parameters' shapes are needed: an eager init ran for seconds, each of its ops compiled on first use.
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
     leaves = [scale * jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves)]
