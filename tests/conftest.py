@@ -16,8 +16,9 @@ def _share_compilation_cache() -> None:
     own), and JAX's in-memory cache is keyed by the function object, so each one compiled anew. The persistent
     cache is keyed by the program (its HLO, the compile options, the XLA flags and the jaxlib version), so a hit
     is the very executable a fresh compile would build. On a 2-core Xeon the suite took 17 min 24 s without it
-    and 14 min 32 s with it. The pytest-xdist workers and the subprocesses tests start inherit the variable and
-    share the directory; the process that made it removes it at exit. A cache the caller set up is left as it is.
+    and 14 min 32 s with it (one run each). The pytest-xdist workers and the subprocesses tests start inherit the
+    variable and share the directory; the process that made it removes it at exit. A cache the caller set up is
+    left as it is.
     Tests asserting that nothing compiles still see a hit: JAX's backend-compile event times the cache lookup too.
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
