@@ -23,10 +23,18 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _allocator(took) -> str:
+    return {None: "", False: "glibc's default allocator", True: "jaxarch's allocator settings"}[took]
+
+
 def header(result: dict) -> str:
-    torch = "not installed" if result["torch"] is None else (
-        f"{result['torch']} ({result['torch_threads']} threads, {result['torch_device']}, "
-        f"OMP_WAIT_POLICY={result['torch_omp_wait_policy']})")
+    torch = "not installed"
+    if result["torch"] is not None:
+        allocators = _allocator(result.get("torch_host_allocator"))
+        if result.get("torch_eager_mallopt_host_allocator") is not None:
+            allocators += f"; torch_eager_mallopt: {_allocator(result['torch_eager_mallopt_host_allocator'])}"
+        torch = (f"{result['torch']} ({result['torch_threads']} threads, {result['torch_device']}, "
+                 f"OMP_WAIT_POLICY={result['torch_omp_wait_policy']}{', ' if allocators else ''}{allocators})")
     ceiling = result["matmul_ceiling"]
     return (f"Measured {result['date'][:10]} on {result['cpu']} ({result['cores']} cores), backend "
             f"{result['backend']} ({result['device']}), {result['dtype']}{' (--quick)' if result['quick'] else ''}; "

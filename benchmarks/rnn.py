@@ -8,7 +8,7 @@ squared error of its outputs `[batch, time, hidden]` against a fixed random targ
   (shows what the whole-sequence LSTM kernel buys; the GRU always uses the scan, so its pair is a noise check);
 - `flax_lstm`, `flax_gru`: `flax.linen.RNN(nn.OptimizedLSTMCell / nn.GRUCell)`;
 - `torch_lstm`, `torch_gru`: PyTorch eager `nn.LSTM / nn.GRU(batch_first=True)` with `torch.optim.Adam`, on all
-  the threads PyTorch picks by default (reported), when torch is importable.
+  the threads PyTorch picks by default (reported) and glibc's default allocator, when torch is importable.
 
 A JAX step is `jax.jit` of value_and_grad + optax update, run to `block_until_ready`; a torch step is zero_grad,
 forward, backward, `optimizer.step()`. The JAX steps are timed interleaved (`benchmarks.timing.time_interleaved`),
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -134,8 +135,10 @@ def benchmark_shape(shape: dict, *, rounds: int, repetitions: int, include_torch
         kinds[name], steps[name] = kind, jax_train_step(model, inputs, targets)
     timings = time_interleaved(steps, rounds=rounds, repetitions=repetitions)
     if include_torch:
+        # glibc's own allocator settings in the child, as PyTorch's users have them (see benchmarks/torch_worker.py).
         worker = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--torch-worker", json.dumps(
-            dict(shape=shape, rounds=rounds, repetitions=repetitions))], check=True, capture_output=True, text=True)
+            dict(shape=shape, rounds=rounds, repetitions=repetitions))], check=True, capture_output=True, text=True,
+            env=dict(os.environ, JAXARCH_HOST_ALLOCATOR="0"))
         for name, timing in json.loads(worker.stdout.strip().splitlines()[-1]).items():
             kinds[name], timings[name] = name.removeprefix("torch_"), Timing(**timing)
     results = {}

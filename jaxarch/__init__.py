@@ -4,6 +4,6 @@ from jaxarch.host_allocator import configure_host_allocator
 from jaxarch.xla_flags import apply_xla_flags
 
 apply_xla_flags()
-configure_host_allocator()
+HOST_ALLOCATOR_CONFIGURED = configure_host_allocator()  # whether glibc took jaxarch's settings
 
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 PyTorch peers are timed beside the JAX steps, and the counted FLOPs, targets and GPU choices are right. Nothing here
 asserts a speed."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -63,21 +64,24 @@ def test_quick_suite_writes_every_family(tmp_path):
 def test_torch_peer_is_timed_beside_the_jax_steps():
     from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
 
-    settings = suite.Settings.for_run(quick=True, backend="cpu")
-    with TorchWorker("cpu") as worker:
+    settings = dataclasses.replace(suite.Settings.for_run(quick=True, backend="cpu"), torch_mallopt_sizes=("small",))
+    with TorchWorker("cpu") as worker, TorchWorker("cpu", host_allocator=True) as mallopt_worker:
         info = worker.info()
         assert info["threads"] >= 1
         # PyTorch's own OpenMP settings, or the user's: a forced PASSIVE policy halved its LSTM step.
         assert info["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "default")
-        entry = suite.measure_workload(workload("lstm", "small"), jnp.float32, settings, worker)
+        # glibc's allocator as PyTorch's users have it, whatever this process set; the second peer has jaxarch's.
+        assert info["host_allocator"] is False and mallopt_worker.info()["host_allocator"] is True
+        entry = suite.measure_workload(workload("lstm", "small"), jnp.float32, settings, worker, mallopt_worker)
         with pytest.raises(TorchWorkerError, match="family is 'nope'"):
             worker.build("bad", "nope", {}, compiled=False)
     suite.add_ratios(entry, peak_flops=None)
     assert entry["matmul_ceiling_gflops_per_second"] > 0
-    assert set(entry["results"]) == {"jaxarch", "flax", "torch_eager"}
-    assert entry["results"]["torch_eager"]["compile_seconds"] > 0
-    assert entry["results"]["torch_eager"]["repetitions"] == settings.rounds * settings.repetitions
-    assert set(entry["ratios"]) == {"jaxarch/flax", "jaxarch/torch_eager"}
+    assert set(entry["results"]) == {"jaxarch", "flax", "torch_eager", "torch_eager_mallopt"}
+    for peer in ("torch_eager", "torch_eager_mallopt"):
+        assert entry["results"][peer]["compile_seconds"] > 0
+        assert entry["results"][peer]["repetitions"] == settings.rounds * settings.repetitions
+    assert set(entry["ratios"]) == {"jaxarch/flax", "jaxarch/torch_eager", "jaxarch/torch_eager_mallopt"}
 
 
 def test_counted_flops_follow_the_stated_formulas():
@@ -121,6 +125,7 @@ def test_targets_report_measured_ratios_and_missing_peers():
         "family": "lstm", "size": "reference", "metric": "fraction_of_matmul_ceiling", "target": 0.5,
         "measured": 0.3, "met": False}
     assert targets[("lstm", "jaxarch/torch_eager")]["met"] is None  # no torch measured
+    assert targets[("lstm", "jaxarch/torch_eager_mallopt")]["met"] is None
     assert ("conv", "jaxarch/torch_eager") not in targets  # not run
 
 
