@@ -9,8 +9,8 @@ reference shapes, large), one training step (forward, backward, Adam update) of:
   torch is installed (`benchmarks/torch_models.py`, run in a worker process, `benchmarks/torch_worker.py`), with
   glibc's allocator as PyTorch's users have it;
 - `torch_eager_mallopt` (not in `--quick`): PyTorch eager in a second worker that keeps jaxarch's glibc settings
-  (`jaxarch/host_allocator.py`), which every jaxarch process runs with. They halved PyTorch's LSTM step on a
-  2-core CPU (oneDNN's RNN kernel maps its workspace afresh every step otherwise), so both are reported.
+  (`jaxarch/host_allocator.py`), which every jaxarch process runs with. They halved PyTorch's LSTM and CNN
+  steps on a 2-core CPU (oneDNN's RNN kernel maps its workspace afresh every step otherwise), so both are reported.
 
 Every implementation of a workload is timed in the same rounds (`time_runs_interleaved`), so load from other jobs
 on a shared machine hits them alike: the ratios are measured side by side, the absolute figures are not
@@ -26,8 +26,8 @@ Dtypes: float32 on CPU; on GPU and TPU bfloat16 compute with float32 parameters,
 fused kernel on GPUs where it supports the call (jaxarch's default implementation choice).
 
 Then the scaling curves (`benchmarks/curves.py`); with more than one device, throughput against device count
-(`benchmarks/scaling.py`: `DEVICE_SCALING_EXPERIMENTS` on data:1, data:2, ... every device); the targets (`TARGETS`), and the JSON, a Markdown table and
-PNG plots (`benchmarks/report.py`).
+(`benchmarks/scaling.py`: `DEVICE_SCALING_EXPERIMENTS` on data:1, data:2, ... every device); the targets
+(`CPU_TARGETS`, `ACCELERATOR_TARGETS`), and the JSON, a Markdown table and PNG plots (`benchmarks/report.py`).
 
 Command: jaxarch bench [--quick] [--families conv,rnn,...] [--out benchmarks/results/bench_cpu.json]
 (the full suite takes 10-15 minutes on a 2-core CPU, `--quick` under two minutes.)

@@ -4,9 +4,9 @@ XLA:CPU allocates each execution's temporaries as one large block (about 180 MB 
 training step at batch 16, T 256, D 256) on the thread that runs the program. glibc serves a request that large
 from a non-main thread with a fresh `mmap` and gives it back with `munmap` when freed, so every step the kernel
 faults in and zero-fills every page again: about 46,000 minor page faults a step for that block, a fifth of its
-time. Most of PyTorch's per-operation buffers are small enough for glibc to recycle from its heap, but its CPU LSTM
-pays the same: oneDNN's RNN kernel maps its workspace afresh every step, about 40,000 page faults a step at batch
-64, T 128, hidden 256, where these settings halved its step time (`benchmarks/torch_worker.py`).
+time. PyTorch on the CPU pays the same for its larger buffers: oneDNN's RNN kernel maps its workspace afresh every step,
+about 40,000 page faults a step at batch 64, T 128, hidden 256, and these settings halved its LSTM's and its
+CNN's train steps on a 2-core CPU (`benchmarks/torch_worker.py`).
 
 The settings, through glibc's `mallopt` (process-wide; they change where memory comes from, never what is
 computed):
