@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,6 +43,7 @@ import optax
 
 from jaxarch.benchmarks.timing import (Timing, environment, matmul_ceiling_flops, time_interleaved,
                                        torch_available, write_json)
+from jaxarch.benchmarks.torch_worker import peer_environ
 from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell
 
 REFERENCE_SHAPE = dict(batch=64, time=128, features_in=64, hidden=256)
@@ -135,10 +135,9 @@ def benchmark_shape(shape: dict, *, rounds: int, repetitions: int, include_torch
         kinds[name], steps[name] = kind, jax_train_step(model, inputs, targets)
     timings = time_interleaved(steps, rounds=rounds, repetitions=repetitions)
     if include_torch:
-        # glibc's own allocator settings in the child, as PyTorch's users have them (see benchmarks/torch_worker.py).
         worker = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--torch-worker", json.dumps(
             dict(shape=shape, rounds=rounds, repetitions=repetitions))], check=True, capture_output=True, text=True,
-            env=dict(os.environ, JAXARCH_HOST_ALLOCATOR="0"))
+            env=peer_environ())  # glibc's own allocator settings, as PyTorch's users have them
         for name, timing in json.loads(worker.stdout.strip().splitlines()[-1]).items():
             kinds[name], timings[name] = name.removeprefix("torch_"), Timing(**timing)
     results = {}

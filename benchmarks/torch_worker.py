@@ -40,6 +40,12 @@ import tempfile
 import traceback
 
 
+def peer_environ(host_allocator: bool = False) -> dict[str, str]:
+    """This process's environment for a PyTorch peer process: with glibc's own allocator settings, as PyTorch's
+    users have them, or with jaxarch's (`host_allocator=True`)."""
+    return dict(os.environ, JAXARCH_HOST_ALLOCATOR="1" if host_allocator else "0")
+
+
 class TorchWorkerError(RuntimeError):
     """A request the worker could not carry out (e.g. `torch.compile` failing on this machine)."""
 
@@ -52,10 +58,10 @@ class TorchWorker:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"benchmarks.torch_worker: device is {device!r}, expected 'cpu' or 'cuda'")
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        environ = dict(os.environ, JAXARCH_HOST_ALLOCATOR="1" if host_allocator else "0")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "jaxarch.benchmarks.torch_worker", "--device", device],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1, env=environ)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            env=peer_environ(host_allocator))
 
     def __enter__(self) -> TorchWorker:
         return self
