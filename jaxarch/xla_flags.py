@@ -27,14 +27,23 @@ and the LSTM and GRU 0.92-0.93x. It would also change the arithmetic (another li
 
 A flag already named in `XLA_FLAGS` is left as the user set it; `JAXARCH_XLA_FLAGS=0` turns this off. Nothing
 changes when JAX's backends started before jaxarch was imported (XLA reads the flags once).
+
+A flag is set only where the installed jaxlib knows it: XLA aborts the process at its first computation when
+`XLA_FLAGS` names a flag it lacks, and these are experimental flags that a later XLA may rename or drop. The
+version rule in `cpu_flags` covers the jaxlibs checked by hand; on top of it, each flag's name must appear in the
+bytes of jaxlib's shared libraries, where XLA registers its flags (about 20 ms at import; a name that is missing
+costs one read of the libraries, about 0.3 s). Where no library can be read, the version rule alone decides.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
+import importlib.util
+import mmap
 import os
 import re
-from collections.abc import MutableMapping
+from collections.abc import Collection, Iterable, MutableMapping
 
 from jaxarch.checks import env_switch
 
@@ -42,13 +51,49 @@ SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 CONVOLUTION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 
-def cpu_flags(jaxlib_version: str) -> tuple[str, ...]:
-    """The flags for a jaxlib of version `jaxlib_version` ("0.10.2")."""
+def flag_name(flag: str) -> str:
+    """`"--name=value"` -> `"name"`."""
+    return flag.removeprefix("--").split("=")[0]
+
+
+def jaxlib_libraries() -> list[str]:
+    """The shared libraries at the top of the installed jaxlib package, largest (XLA's) first; found without
+    importing jaxlib."""
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = next(iter(spec.submodule_search_locations))
+    paths = {path for pattern in ("*.so", "*.so.*", "*.dylib", "*.pyd", "*.dll")
+             for path in glob.glob(os.path.join(folder, pattern))}
+    return sorted(paths, key=os.path.getsize, reverse=True)
+
+
+def names_in_libraries(names: Iterable[str], libraries: Iterable[str]) -> set[str] | None:
+    """Those of `names` whose bytes appear in one of `libraries`; None when none of the libraries can be read."""
+    missing, found, read_any = set(names), set(), False
+    for path in libraries:
+        try:
+            with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                read_any = True
+                found |= {name for name in missing if data.find(name.encode()) >= 0}
+        except (OSError, ValueError):  # unreadable, or empty (mmap refuses a file of length 0)
+            continue
+        missing -= found
+        if not missing:
+            break
+    return found if read_any else None
+
+
+def cpu_flags(jaxlib_version: str, known_names: Collection[str] | None = None) -> tuple[str, ...]:
+    """The flags for a jaxlib of version `jaxlib_version` ("0.10.2") whose libraries name the flags in
+    `known_names` (None: not known, the version alone decides)."""
     major_minor = tuple(int(part) for part in re.findall(r"\d+", jaxlib_version)[:2])
-    return (SCHEDULER_FLAG,) + ((CONVOLUTION_FLAG,) if major_minor >= (0, 9) else ())
+    flags = (SCHEDULER_FLAG,) + ((CONVOLUTION_FLAG,) if major_minor >= (0, 9) else ())
+    return flags if known_names is None else tuple(flag for flag in flags if flag_name(flag) in known_names)
 
 
-CPU_FLAGS = cpu_flags(importlib.metadata.version("jaxlib"))
+CPU_FLAGS = cpu_flags(importlib.metadata.version("jaxlib"),
+                      names_in_libraries((flag_name(SCHEDULER_FLAG), flag_name(CONVOLUTION_FLAG)), jaxlib_libraries()))
 
 
 def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> list[str]:

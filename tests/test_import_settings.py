@@ -1,6 +1,7 @@
 """The settings jaxarch makes at import (XLA flags, the host allocator) change how fast a training step runs,
 never what it computes."""
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import sys
 import pytest
 
 from jaxarch.host_allocator import _glibc, configure_host_allocator
-from jaxarch.xla_flags import CONVOLUTION_FLAG, CPU_FLAGS, SCHEDULER_FLAG, apply_xla_flags, cpu_flags
+from jaxarch.xla_flags import (CONVOLUTION_FLAG, CPU_FLAGS, SCHEDULER_FLAG, apply_xla_flags, cpu_flags, flag_name,
+                               jaxlib_libraries, names_in_libraries)
 
 # A few Adam steps of the reference CNN's layers (smaller batch); prints the flags in effect, a digest of the final
 # parameters and loss, the loss and the parameters' sum of squares, and whether YNNPACK ran XLA's convolutions.
@@ -92,6 +94,29 @@ def test_the_convolution_flag_moves_convolutions_off_ynnpack_and_training_by_rou
 def test_the_convolution_flag_needs_a_jaxlib_that_knows_it():
     assert cpu_flags("0.8.2") == (SCHEDULER_FLAG,)
     assert cpu_flags("0.9.0") == cpu_flags("0.10.2") == cpu_flags("1.0.0rc1") == (SCHEDULER_FLAG, CONVOLUTION_FLAG)
+    # A later jaxlib whose libraries no longer name a flag does not get it (XLA would abort on it).
+    scheduler, convolution = flag_name(SCHEDULER_FLAG), flag_name(CONVOLUTION_FLAG)
+    assert (scheduler, convolution) == ("xla_cpu_enable_concurrency_optimized_scheduler",
+                                        "xla_cpu_experimental_ynn_fusion_type")
+    assert cpu_flags("1.0.0", known_names={scheduler}) == (SCHEDULER_FLAG,)
+    assert cpu_flags("1.0.0", known_names=set()) == ()
+    assert cpu_flags("0.8.2", known_names={scheduler, convolution}) == (SCHEDULER_FLAG,)  # the version still counts
+
+
+def test_flag_names_are_read_from_the_libraries(tmp_path):
+    names = ("xla_flag_alpha", "xla_flag_beta")
+    first, second, empty = tmp_path / "first.so", tmp_path / "second.so", tmp_path / "empty.so"
+    first.write_bytes(b"\0" * 4096 + b"xla_flag_alpha\0")
+    second.write_bytes(b"xla_flag_beta")
+    empty.write_bytes(b"")
+    assert names_in_libraries(names, [str(first)]) == {"xla_flag_alpha"}
+    assert names_in_libraries(names, [str(empty), str(first), str(second)]) == set(names)
+    assert names_in_libraries(names, [str(empty), str(tmp_path / "absent.so")]) is None  # nothing readable
+    # This jaxlib's libraries name both flags wherever the version rule gives them: the check removes none here.
+    libraries = jaxlib_libraries()
+    assert libraries and names_in_libraries([flag_name(SCHEDULER_FLAG)], libraries) == {flag_name(SCHEDULER_FLAG)}
+    assert names_in_libraries(["xla_cpu_no_such_flag_in_any_jaxlib"], libraries) == set()
+    assert CPU_FLAGS == cpu_flags(importlib.metadata.version("jaxlib"))
 
 
 def test_user_flags_win_and_the_switch_is_checked():
