@@ -14,6 +14,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxarch.diagnostics import hidden_state_grad_norms, plot_hidden_state_grad_norms
+from jaxarch.layers import recurrent
 from jaxarch.layers.recurrent import (HIDDEN_STATE_PERTURBATIONS, RNN, Bidirectional, GRUCell, LSTMCell,
                                       SimpleRNNCell, StackedRNN)
 
@@ -130,17 +131,20 @@ def test_project_first_equals_in_loop_projection():
     np.testing.assert_allclose(first, in_loop, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell_type", [LSTMCell, SimpleRNNCell])
 @pytest.mark.parametrize(("use_lengths", "reverse"), [(False, False), (True, True)], ids=["plain", "lengths-rev"])
-def test_fused_lstm_kernel_equals_differentiated_scan(use_lengths, reverse):
-    """The whole-sequence LSTM kernel against `fused_sequence=False` in float64: outputs, final carry, the VJP
-    for parameters, inputs and initial carry, and the JVP, to 1e-12."""
+def test_fused_sequence_kernel_equals_differentiated_scan(cell_type, use_lengths, reverse):
+    """The whole-sequence LSTM and tanh RNN kernels against `fused_sequence=False` in float64: outputs, final
+    carry, the VJP for parameters, inputs and initial carry, and the JVP, to 1e-12."""
     with jax.enable_x64(True):
-        fused = RNN(LSTMCell(HIDDEN, param_dtype=jnp.float64), return_carry=True, reverse=reverse)
+        fused = RNN(cell_type(HIDDEN, param_dtype=jnp.float64), return_carry=True, reverse=reverse)
         scan = fused.clone(fused_sequence=False)
         x = _inputs(0, dtype=jnp.float64)
         params = _rnn_params(fused.cell, x)
         carry0 = jax.tree.map(lambda c: 0.3 * _inputs(6, c.shape, jnp.float64),
                               fused.cell.initialize_carry(jax.random.key(0), x[:, 0].shape))
+        # The kernel is what runs (else this would compare the scan with itself).
+        assert recurrent._sequence_kernel(fused.cell, jnp.swapaxes(x, 0, 1), carry0) is not None
         lengths = jnp.asarray(SEQ_LENGTHS) if use_lengths else None
         tangents = tuple(_randomize(tree, key, scale=1.0) for key, tree in enumerate((params, x, carry0), 3))
         cotangent = _randomize(jax.eval_shape(lambda: fused.apply({"params": params}, x, initial_carry=carry0)), 6,
@@ -155,6 +159,21 @@ def test_fused_lstm_kernel_equals_differentiated_scan(use_lengths, reverse):
 
         chex.assert_trees_all_close(jax.jit(lambda: results(fused))(), jax.jit(lambda: results(scan))(),
                                     atol=1e-12, rtol=1e-12)
+
+
+def test_sequence_kernels_only_for_cells_they_compute_exactly():
+    x, carry = jnp.zeros((TIME, BATCH, IN)), jnp.zeros((BATCH, HIDDEN))
+    lstm_carry = (carry, carry)
+    assert recurrent._sequence_kernel(CELLS["rnn"](), x, carry) is recurrent._rnn_sequence
+    assert recurrent._sequence_kernel(CELLS["lstm"](), x, lstm_carry) is recurrent._lstm_sequence
+    for name in ("rnn_identity_relu", "gru", "lstm_peephole", "lstm_layer_norm"):
+        cell = CELLS[name]()
+        assert recurrent._sequence_kernel(cell, x, cell.initialize_carry(None, x[0].shape)) is None, name
+    assert recurrent._sequence_kernel(SimpleRNNCell(HIDDEN, activation_fn=jax.nn.sigmoid), x, carry) is None
+    assert recurrent._sequence_kernel(SimpleRNNCell(HIDDEN, dtype=jnp.bfloat16), x, carry) is None  # casts
+    assert recurrent._sequence_kernel(CELLS["rnn"](), x.astype(jnp.bfloat16), carry) is None
+    assert recurrent._sequence_kernel(SimpleRNNCell(HIDDEN, param_dtype=jnp.bfloat16), x.astype(jnp.bfloat16),
+                                      carry.astype(jnp.bfloat16)) is None  # below float32
 
 
 def test_time_major_and_keep_order():

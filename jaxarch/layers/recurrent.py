@@ -27,8 +27,8 @@ hidden 256, jitted train step: about 0.41 vs 0.31 CPU-seconds a step for the LST
 `project_first=None`, projects first on accelerators and inside the scan on CPU.
 
 Where the projection stays inside the scan, plain LSTM cells (the defaults: no peepholes or layer norm,
-sigmoid/tanh, one float32 or float64 dtype throughout) run as one whole-sequence kernel, `_lstm_sequence`, with
-the forward operations of `step_projected` (its two matmuls fused into one) and a hand-derived tangent: the
+sigmoid/tanh, one float32 or float64 dtype throughout) and tanh `SimpleRNNCell`s (likewise one dtype) run as one
+whole-sequence kernel, `_lstm_sequence` or `_rnn_sequence`, with the forward operations of `step_projected` (its two matmuls fused into one) and a hand-derived tangent: the
 backward loop keeps only the recurrent matmul, the weight gradients become large matmuls after it, and far fewer
 per-step intermediates are stored (`RNN(fused_sequence=False)` turns it off). Tried and dropped on the 2-core CPU:
 splitting the batch into independent scans to use both cores (XLA:CPU runs independent while loops one after
@@ -436,19 +436,20 @@ class GRUCell(_FusedGateCell):
         return new_h, new_h
 
 
-# --- Whole-sequence LSTM kernel with a hand-derived tangent (the fast path of `RNN` for plain LSTM cells) --------
+# --- Whole-sequence kernels with a hand-derived tangent (the fast path of `RNN` for plain LSTM and tanh RNN cells) --
 #
 # Differentiating `lax.scan(step)` directly makes JAX save every intermediate of the step (13 `[T, B, H]` arrays
 # for the LSTM) and accumulate `h_{t-1}^T @ dgates_t` for the recurrent kernel and `x_t^T @ dgates_t` for the input
-# kernel inside the backward loop, as 2 x 128 small matmuls. `_lstm_sequence` is a `jax.custom_jvp` whose tangent
-# is written as a recurrence that is linear in the tangents with precomputed coefficients (6 `[B, H]`-sized arrays
-# a step), and whose weight and input tangents enter through single `[T*B, ...]` matmuls
-# outside the loop. Reverse mode transposes that tangent, so the backward loop holds only `dgates_t @ W_h^T` and the
-# weight gradients become two large matmuls after it. Forward mode (`jax.jvp`, `jax.jacfwd`) keeps working. The
-# forward values are those of `step_projected` up to float rounding: its input and recurrent matmuls run as one,
-# over `[x_t, h]`.
-# Measured (batch 64, time 128, in 64, hidden 256, jitted train step on a 2-core CPU, interleaved runs): about
-# 1.1-1.25x the steps/s of differentiating the plain scan. The same construction for the reset-after GRU measured
+# kernel inside the backward loop, as 2 x 128 small matmuls. `_lstm_sequence` and `_rnn_sequence` are
+# `jax.custom_jvp`s whose tangent is written as a recurrence that is linear in the tangents with precomputed
+# coefficients (6 `[B, H]`-sized arrays a step for the LSTM, 1 for the RNN), and whose weight and input tangents
+# enter through single `[T*B, ...]` matmuls outside the loop. Reverse mode transposes that tangent, so the backward
+# loop holds only `dgates_t @ W_h^T` and the weight gradients become two large matmuls after it. Forward mode
+# (`jax.jvp`, `jax.jacfwd`) keeps working. The forward values are those of `step_projected` up to float rounding:
+# its input and recurrent matmuls run as one, over `[x_t, h]`.
+# Measured (batch 64, time 128, in 64, hidden 256, jitted train step on a 2-core CPU, interleaved runs): the LSTM
+# about 1.1-1.25x the steps/s of differentiating the plain scan; the tanh RNN 1.28x, and 1.43x at batch 16, time
+# 32, hidden 64 and 1.12x at batch 64, time 256, hidden 512. The same construction for the reset-after GRU measured
 # no faster than the plain scan (0.93-0.98x), so GRUs keep the scan.
 
 
@@ -466,12 +467,33 @@ def _flat(x: Array) -> Array:
     return x.reshape((-1, x.shape[-1]))
 
 
-def _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals):
-    """LSTM over `x: [T, B, in]`; with `residuals`, also the tangent's coefficients for every step."""
-    # One `[B, in + H] @ [in + H, 4H]` matmul a step instead of two: the input part alone was a poorly used
-    # `[B, in]` matmul (about 6% of the train step on a 2-core CPU).
-    kernel = jnp.concatenate([input_kernel, recurrent_kernel], axis=0)
-    bias = input_bias + recurrent_bias
+def _step_weights(input_kernel, input_bias, recurrent_kernel, recurrent_bias) -> tuple[Array, Array]:
+    """`([W_i; W_h]: [in + H, G*H], b_i + b_h)`: one `[B, in + H] @ [in + H, G*H]` matmul a step instead of two.
+    The input part alone was a poorly used `[B, in]` matmul (about 6% of the LSTM's train step on a 2-core CPU)."""
+    return jnp.concatenate([input_kernel, recurrent_kernel], axis=0), input_bias + recurrent_bias
+
+
+def _sequence_scan(body, carry, xs, reverse: bool, residuals: bool):
+    """`lax.scan`, or with `residuals` (the tangent's forward pass) `_scan_into_own_buffers`."""
+    scan = _scan_into_own_buffers if residuals else jax.lax.scan
+    return scan(body, carry, xs, reverse=reverse)
+
+
+def _carry_independent_tangent(primals, tangents, h_prev: Array, shape) -> Array:
+    """Every carry-independent tangent term of the pre-activations at once: `[T*B, G*H] -> shape` `[T, B, G*H]`.
+
+    `primals` and `tangents` are a sequence kernel's `(x, mask, carry, input_kernel, input_bias, recurrent_kernel,
+    recurrent_bias)`; `h_prev: [T, B, H]` is the `h` each step read."""
+    x, _, _, input_kernel, _, _, _ = primals
+    dx, _, _, d_input_kernel, d_input_bias, d_recurrent_kernel, d_recurrent_bias = tangents
+    return (_flat(dx) @ input_kernel + _flat(x) @ d_input_kernel + d_input_bias
+            + _flat(h_prev) @ d_recurrent_kernel + d_recurrent_bias).reshape(shape)
+
+
+def _lstm_scan(x, mask, carry, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals):
+    """LSTM over `x: [T, B, in]` from `carry (c, h)`; with `residuals`, also the tangent's coefficients for every
+    step."""
+    kernel, bias = _step_weights(input_kernel, input_bias, recurrent_kernel, recurrent_bias)
 
     def body(carry, scanned):
         c, h = carry
@@ -490,8 +512,7 @@ def _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recu
         gate_coef = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], -1)
         return new_carry, (y, (gate_coef, f, o * (1 - tanh_c * tanh_c), h))
 
-    scan = _scan_into_own_buffers if residuals else jax.lax.scan
-    return scan(body, (c0, h0), (x, mask), reverse=reverse)
+    return _sequence_scan(body, carry, (x, mask), reverse, residuals)
 
 
 def _scan_into_own_buffers(body, carry, xs, reverse=False):
@@ -519,23 +540,19 @@ def _scan_into_own_buffers(body, carry, xs, reverse=False):
     return carry, jax.tree.unflatten(treedef, buffers)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
-def _lstm_sequence(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse):
-    """`x: [T, B, in]`, `mask: [T, B]` bool or None, `c0, h0: [B, H]` -> `(c_T, h_T, ys: [T, B, H])`."""
-    carry, ys = _lstm_scan(x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse,
-                           residuals=False)
-    return carry + (ys,)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _lstm_sequence(x, mask, carry, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse):
+    """`x: [T, B, in]`, `mask: [T, B]` bool or None, `carry: (c0, h0)`, each `[B, H]` ->
+    `((c_T, h_T), ys: [T, B, H])`."""
+    return _lstm_scan(x, mask, carry, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse,
+                      residuals=False)
 
 
 @_lstm_sequence.defjvp
 def _lstm_sequence_jvp(reverse, primals, tangents):
-    x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias = primals
-    dx, _, dc0, dh0, d_input_kernel, d_input_bias, d_recurrent_kernel, d_recurrent_bias = tangents
-    carry, (ys, (gate_coef, forget, out_coef, h_prev)) = _lstm_scan(
-        x, mask, c0, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals=True)
-    # Every carry-independent tangent term of the pre-activations at once: [T*B, 4H] -> [T, B, 4H].
-    d_gates_in = (_flat(dx) @ input_kernel + _flat(x) @ d_input_kernel + d_input_bias
-                  + _flat(h_prev) @ d_recurrent_kernel + d_recurrent_bias).reshape(gate_coef.shape)
+    recurrent_kernel, mask, (dc0, dh0) = primals[5], primals[1], tangents[2]
+    carry, (ys, (gate_coef, forget, out_coef, h_prev)) = _lstm_scan(*primals, reverse, residuals=True)
+    d_gates_in = _carry_independent_tangent(primals, tangents, h_prev, gate_coef.shape)
 
     def body(carry, scanned):
         dc, dh = carry
@@ -547,7 +564,43 @@ def _lstm_sequence_jvp(reverse, primals, tangents):
         return (_masked(mask_t, new_dc, dc), _masked(mask_t, new_dh, dh)), _zero_masked(mask_t, new_dh)
 
     (dc, dh), dys = jax.lax.scan(body, (dc0, dh0), (d_gates_in, gate_coef, forget, out_coef, mask), reverse=reverse)
-    return carry + (ys,), (dc, dh, dys)
+    return (carry, ys), ((dc, dh), dys)
+
+
+def _rnn_scan(x, mask, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse, residuals):
+    """Elman RNN with tanh over `x: [T, B, in]` from `h0: [B, H]`; with `residuals`, also the `h` each step read."""
+    kernel, bias = _step_weights(input_kernel, input_bias, recurrent_kernel, recurrent_bias)
+
+    def body(h, scanned):
+        x_t, mask_t = scanned
+        new_h = jnp.tanh(jnp.concatenate([x_t, h], axis=-1) @ kernel + bias)  # [B, H]
+        new_carry, y = _masked(mask_t, new_h, h), _zero_masked(mask_t, new_h)
+        return (new_carry, (y, h)) if residuals else (new_carry, y)
+
+    return _sequence_scan(body, h0, (x, mask), reverse, residuals)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _rnn_sequence(x, mask, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse):
+    """`x: [T, B, in]`, `mask: [T, B]` bool or None, `h0: [B, H]` -> `(h_T, ys: [T, B, H])`."""
+    return _rnn_scan(x, mask, h0, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse,
+                     residuals=False)
+
+
+@_rnn_sequence.defjvp
+def _rnn_sequence_jvp(reverse, primals, tangents):
+    recurrent_kernel, mask, dh0 = primals[5], primals[1], tangents[2]
+    h, (ys, h_prev) = _rnn_scan(*primals, reverse, residuals=True)
+    tanh_slope = 1 - ys * ys  # tanh' at each valid step; padded steps (ys = 0) are masked in the loop
+    d_pre_in = _carry_independent_tangent(primals, tangents, h_prev, ys.shape)
+
+    def body(dh, scanned):
+        d_pre_t, slope_t, mask_t = scanned
+        new_dh = (d_pre_t + dh @ recurrent_kernel) * slope_t
+        return _masked(mask_t, new_dh, dh), _zero_masked(mask_t, new_dh)
+
+    dh, dys = jax.lax.scan(body, dh0, (d_pre_in, tanh_slope, mask), reverse=reverse)
+    return (h, ys), (dh, dys)
 
 
 def _hidden(carry: Carry) -> Array:
@@ -576,8 +629,8 @@ class RNN(nn.Module):
 
     Cells with `project_inputs`/`step_projected` (all jaxarch cells) have their input projection hoisted out of
     the scan into one matmul when `project_first` (default: on GPU/TPU, not on CPU, see the module docstring).
-    Other `flax.linen.RNNCellBase` cells are stepped whole. Plain LSTM cells projected inside the scan run as a
-    whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module docstring): the same values
+    Other `flax.linen.RNNCellBase` cells are stepped whole. Plain LSTM and tanh simple-RNN cells projected inside
+    the scan run as a whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module docstring): the same values
     to float rounding, forward and reverse mode, faster training.
 
     `seq_lengths: [batch]` ints: outputs at `t >= seq_lengths[b]` are zero, the final carry is the carry after the
@@ -600,8 +653,8 @@ class RNN(nn.Module):
     unroll: int = 1  # scan steps per loop iteration (jax.lax.scan's unroll)
     time_major: bool = False  # inputs [time, batch, in] instead of [batch, time, in]
     project_first: bool | None = None  # input projection as one matmul before the scan; None: not on CPU
-    # Plain LSTM cells run as one whole-sequence kernel with a hand-derived gradient (see `_lstm_sequence`);
-    # the same values to float rounding, faster training. False differentiates the scan of `step_projected`.
+    # Plain LSTM and tanh simple-RNN cells run as one whole-sequence kernel with a hand-derived gradient (see
+    # `_sequence_kernel`); the same values to float rounding, faster training. False differentiates the scan of `step_projected`.
     fused_sequence: bool = True
 
     @nn.compact
@@ -642,13 +695,13 @@ class RNN(nn.Module):
         project_first = self.project_first if self.project_first is not None else jax.default_backend() != "cpu"
         hidden = _hidden(expected_carry)
         perturbation = self._hidden_state_perturbation((num_steps,) + hidden.shape, hidden.dtype)
-        if (self.fused_sequence and not project_first and perturbation is None and self.unroll == 1
-                and _has_sequence_kernel(cell, x, carry)):
+        sequence_kernel = None
+        if self.fused_sequence and not project_first and perturbation is None and self.unroll == 1:
+            sequence_kernel = _sequence_kernel(cell, x, carry)
+        if sequence_kernel is not None:
             if self.is_initializing():
                 cell.project_inputs(x[0])  # declares the params
-            weights = cell.fused_weights(x)
-            c, h, outputs = _lstm_sequence(x, mask, *carry, *weights, reverse)
-            carry = (c, h)
+            carry, outputs = sequence_kernel(x, mask, carry, *cell.fused_weights(x), reverse)
             return self._finish(carry, outputs, seq_lengths, return_carry, reverse, keep_order)
         if fused and project_first:
             xs = cell.project_inputs(x)  # [T, B, G*H]: one matmul for every step
@@ -706,19 +759,26 @@ class RNN(nn.Module):
         return None
 
 
-def _has_sequence_kernel(cell, x: Array, carry: Carry) -> bool:
-    """Whether `cell` computes exactly what `_lstm_sequence` computes: a plain LSTM (exact class, default
-    nonlinearities, no peepholes or layer norm) whose inputs, parameters, carry and compute all share one dtype of
-    at least float32 (the kernel has no casts)."""
-    if type(cell) is not LSTMCell:
-        return False
-    plain = not cell.peephole and not cell.layer_norm
+def _sequence_kernel(cell, x: Array, carry: Carry) -> Callable | None:
+    """The whole-sequence kernel that computes exactly what `cell` computes, or None. Kernels exist for a plain
+    LSTM (exact class, default nonlinearities, no peepholes or layer norm: `_lstm_sequence`) and a tanh
+    `SimpleRNNCell` (`_rnn_sequence`), whose inputs, parameters, carry and compute all share one dtype of at least
+    float32 (the kernels have no casts)."""
+    if type(cell) is LSTMCell:
+        plain = (not cell.peephole and not cell.layer_norm and cell.gate_fn is jax.nn.sigmoid
+                 and cell.activation_fn is jnp.tanh)
+        kernel = _lstm_sequence if plain else None
+    elif type(cell) is SimpleRNNCell:
+        kernel = _rnn_sequence if cell.activation_fn is jnp.tanh else None
+    else:
+        kernel = None
+    if kernel is None:
+        return None
     dtype = jnp.dtype(cell.param_dtype)
     dtypes = {jnp.dtype(x.dtype), dtype} | {jnp.dtype(c.dtype) for c in jax.tree.leaves(carry)}
     if cell.dtype is not None:
         dtypes.add(jnp.dtype(cell.dtype))
-    return (plain and cell.gate_fn is jax.nn.sigmoid and cell.activation_fn is jnp.tanh and dtypes == {dtype}
-            and dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)))
+    return kernel if dtypes == {dtype} and dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)) else None
 
 
 def _check_seq_lengths(name: str, seq_lengths, batch: int, num_steps: int) -> None:
