@@ -28,9 +28,10 @@ hidden 256, jitted train step: about 0.41 vs 0.31 CPU-seconds a step for the LST
 
 Where the projection stays inside the scan, plain LSTM cells (the defaults: no peepholes or layer norm,
 sigmoid/tanh, one float32 or float64 dtype throughout) and tanh `SimpleRNNCell`s (likewise one dtype) run as one
-whole-sequence kernel, `_lstm_sequence` or `_rnn_sequence`, with the forward operations of `step_projected` (its two matmuls fused into one) and a hand-derived tangent: the
-backward loop keeps only the recurrent matmul, the weight gradients become large matmuls after it, and far fewer
-per-step intermediates are stored (`RNN(fused_sequence=False)` turns it off). Tried and dropped on the 2-core CPU:
+whole-sequence kernel, `_lstm_sequence` or `_rnn_sequence`, with the forward operations of `step_projected`
+(its two matmuls fused into one) and a hand-derived tangent: the backward loop keeps only the recurrent matmul, the
+weight gradients become large matmuls after it, and far fewer per-step intermediates are stored
+(`RNN(fused_sequence=False)` turns it off). Tried and dropped on the 2-core CPU:
 splitting the batch into independent scans to use both cores (XLA:CPU runs independent while loops one after
 another, so it only added overhead), unroll 2/4/8, projecting first inside the kernel (slower, as above), the same
 kernel for the GRU (no faster than its scan), storing only the gate activations a step, with every tangent
@@ -550,7 +551,8 @@ def _lstm_sequence(x, mask, carry, input_kernel, input_bias, recurrent_kernel, r
 
 @_lstm_sequence.defjvp
 def _lstm_sequence_jvp(reverse, primals, tangents):
-    recurrent_kernel, mask, (dc0, dh0) = primals[5], primals[1], tangents[2]
+    _, mask, _, _, _, recurrent_kernel, _ = primals
+    dc0, dh0 = tangents[2]
     carry, (ys, (gate_coef, forget, out_coef, h_prev)) = _lstm_scan(*primals, reverse, residuals=True)
     d_gates_in = _carry_independent_tangent(primals, tangents, h_prev, gate_coef.shape)
 
@@ -589,7 +591,8 @@ def _rnn_sequence(x, mask, h0, input_kernel, input_bias, recurrent_kernel, recur
 
 @_rnn_sequence.defjvp
 def _rnn_sequence_jvp(reverse, primals, tangents):
-    recurrent_kernel, mask, dh0 = primals[5], primals[1], tangents[2]
+    _, mask, _, _, _, recurrent_kernel, _ = primals
+    dh0 = tangents[2]
     h, (ys, h_prev) = _rnn_scan(*primals, reverse, residuals=True)
     tanh_slope = 1 - ys * ys  # tanh' at each valid step; padded steps (ys = 0) are masked in the loop
     d_pre_in = _carry_independent_tangent(primals, tangents, h_prev, ys.shape)
@@ -630,8 +633,8 @@ class RNN(nn.Module):
     Cells with `project_inputs`/`step_projected` (all jaxarch cells) have their input projection hoisted out of
     the scan into one matmul when `project_first` (default: on GPU/TPU, not on CPU, see the module docstring).
     Other `flax.linen.RNNCellBase` cells are stepped whole. Plain LSTM and tanh simple-RNN cells projected inside
-    the scan run as a whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module docstring): the same values
-    to float rounding, forward and reverse mode, faster training.
+    the scan run as a whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see the module
+    docstring): the same values to float rounding, forward and reverse mode, faster training.
 
     `seq_lengths: [batch]` ints: outputs at `t >= seq_lengths[b]` are zero, the final carry is the carry after the
     last valid step (the initial carry for length 0), and padding is never read (it is zeroed first, so even NaN
@@ -654,7 +657,8 @@ class RNN(nn.Module):
     time_major: bool = False  # inputs [time, batch, in] instead of [batch, time, in]
     project_first: bool | None = None  # input projection as one matmul before the scan; None: not on CPU
     # Plain LSTM and tanh simple-RNN cells run as one whole-sequence kernel with a hand-derived gradient (see
-    # `_sequence_kernel`); the same values to float rounding, faster training. False differentiates the scan of `step_projected`.
+    # `_sequence_kernel`); the same values to float rounding, faster training. False differentiates the scan of
+    # `step_projected`.
     fused_sequence: bool = True
 
     @nn.compact
