@@ -31,8 +31,8 @@ changes when JAX's backends started before jaxarch was imported (XLA reads the f
 A flag is set only where the installed jaxlib knows it: XLA aborts the process at its first computation when
 `XLA_FLAGS` names a flag it lacks, and these are experimental flags that a later XLA may rename or drop. The
 version rule in `cpu_flags` covers the jaxlibs checked by hand; on top of it, each flag's name must appear in the
-bytes of jaxlib's shared libraries, where XLA registers its flags (about 20 ms at import; a name that is missing
-costs one read of the libraries, about 0.3 s). Where no library can be read, the version rule alone decides.
+bytes of jaxlib's shared libraries, where XLA registers its flags (about 10 ms at import; a name that is missing
+costs one read of the libraries, 0.1-0.3 s). Where no library can be read, the version rule alone decides.
 """
 
 from __future__ import annotations
@@ -92,8 +92,10 @@ def cpu_flags(jaxlib_version: str, known_names: Collection[str] | None = None) -
     return flags if known_names is None else tuple(flag for flag in flags if flag_name(flag) in known_names)
 
 
-CPU_FLAGS = cpu_flags(importlib.metadata.version("jaxlib"),
-                      names_in_libraries((flag_name(SCHEDULER_FLAG), flag_name(CONVOLUTION_FLAG)), jaxlib_libraries()))
+_JAXLIB_VERSION = importlib.metadata.version("jaxlib")
+# Only the names the version rule keeps are looked for: a missing name costs a read of the whole library.
+CPU_FLAGS = cpu_flags(_JAXLIB_VERSION,
+                      names_in_libraries(map(flag_name, cpu_flags(_JAXLIB_VERSION)), jaxlib_libraries()))
 
 
 def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> list[str]:
