@@ -15,11 +15,12 @@ steps timed in the same rounds ran 11-15% slower, the CNN 33.6 against 39.3 step
 
 By default the worker leaves glibc's allocator as it is, so torch allocates as it does for its users;
 `TorchWorker(host_allocator=True)` starts it with `--host-allocator`, and it makes jaxarch's glibc settings
-(`jaxarch/host_allocator.py`, those of `jaxarch.tune_cpu`) before torch starts its threads. They matter most for PyTorch's LSTM (oneDNN's RNN kernel takes a
-fresh mapping for its workspace every step) and CNN. On a 2-core AMD EPYC (family 26, model 2), reference shapes,
-glibc's defaults against jaxarch's settings, a process for each: LSTM 111 against 53 ms a step (about 40,800
-minor page faults and 88 ms of system time a step against none), CNN 37.1 against 16.8 ms (7,500 faults against
-none), attention block 156 against 137 ms, GRU 122 against 112, GPT 593 against 580, ViT 460 against 468.
+(`jaxarch/host_allocator.py`, those of `jaxarch.tune_cpu`) before torch starts its threads. They matter most for
+PyTorch's LSTM (oneDNN's RNN kernel takes a fresh mapping for its workspace every step) and CNN. On a 2-core AMD
+EPYC (family 26, model 2), reference shapes, glibc's defaults against jaxarch's settings, a process for each: LSTM
+111 against 53 ms a step (about 40,800 minor page faults and 88 ms of system time a step against none), CNN 37.1
+against 16.8 ms (7,500 faults against none), attention block 156 against 137 ms, GRU 122 against 112, GPT 593
+against 580, ViT 460 against 468.
 
 Protocol: one JSON object a line on the worker's stdin, one JSON reply a line on its stdout (the worker's own
 prints go to stderr). Requests: `{"command": "info"}`; `{"command": "build", "name", "family", "shape",

@@ -48,7 +48,8 @@ def large_block_is_mapped():
                                                           "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc.mallinfo2.restype = Mallinfo2
-    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
     mapped = libc.mallinfo2().hblks  # blocks glibc holds as their own mappings
     block = libc.malloc(64 << 20)
     mapped = libc.mallinfo2().hblks - mapped
