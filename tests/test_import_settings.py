@@ -148,8 +148,8 @@ def test_host_allocator_leaves_training_bitwise_identical():
 
 
 @pytest.mark.slow  # which kernel XLA picks: a fact about the installed jaxlib, not about jaxarch
-@pytest.mark.skipif(release(importlib.metadata.version("jaxlib")) < (0, 10, 0) or CONVOLUTION_FLAG not in
-                    installed_cpu_flags(), reason="YNNPACK runs convolutions by default from jaxlib 0.10")
+@pytest.mark.skipif(release(importlib.metadata.version("jaxlib")) < (0, 10, 1) or CONVOLUTION_FLAG not in
+                    installed_cpu_flags(), reason="YNNPACK runs convolutions by default from jaxlib 0.10.1")
 def test_the_convolution_flag_moves_convolutions_off_ynnpack():
     assert _train()["ynnpack"] and not _train("cli")["ynnpack"]
 

@@ -119,7 +119,7 @@ def ynnpack_runs_convolutions() -> bool:
 
     It depends on the jaxlib and on the process's `XLA_FLAGS` as XLA read them when JAX's backends started:
     `jaxarch.tune_cpu()` takes convolutions away from YNNPACK (jaxarch/xla_flags.py), an untuned process leaves
-    them there on jaxlib 0.10. Compiling the probe takes about 20 ms, once a process.
+    them there from jaxlib 0.10.1 on. Compiling the probe takes about 20 ms, once a process.
     """
     def probe(x, kernel):
         return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
