@@ -25,6 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from jaxarch import tune_cpu
 from jaxarch.benchmarks.timing import environment, write_json
 from jaxarch.layers.attention import dot_product_attention
 
@@ -89,6 +90,7 @@ def main():
     parser.add_argument("--not-causal", action="store_true", help="full (bidirectional) attention")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    tune_cpu()  # the parent's compiled sizes and the child's peak memory as under the `jaxarch` command
     is_causal = not args.not_causal
     if args.child:
         child(args.length, args.head_dim, is_causal, args.chunk)

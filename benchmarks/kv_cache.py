@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxarch import tune_cpu
 from jaxarch.benchmarks.timing import environment, write_json
 from jaxarch.generate import generate
 from jaxarch.models import MODELS
@@ -64,6 +65,7 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    tune_cpu()  # timed as under the `jaxarch` command
 
     config = dict(num_outputs=128, embed_dim=128, num_layers=4, num_heads=4,
                   max_length=args.prompt_len + args.num_tokens)

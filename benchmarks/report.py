@@ -2,17 +2,16 @@
 
 `results.json` gets `results.md` (the tables the README quotes) and `results_ratios.png` (jaxarch's steps/s over
 each peer's, per family at the reference size), `results_sequence.png` and `results_image.png` (the scaling
-curves).
+curves). The plots draw on matplotlib's Agg canvas directly: no display needed, and pyplot's backend, which
+the importing program may have chosen, is left alone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def _shape_text(shape: dict) -> str:
@@ -109,7 +108,9 @@ def plot_ratios(result: dict, path: Path) -> None:
         families.append(f"{family}\n({size})")
         for peer, value in entry["sizes"][size]["ratios"].items():
             ratios.setdefault(peer, {})[len(families) - 1] = value
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.3 * len(families)), 4))
+    figure = Figure(figsize=(max(6.0, 1.3 * len(families)), 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
     width = 0.8 / max(1, len(ratios))
     for index, (peer, values) in enumerate(sorted(ratios.items())):
         positions = [i + (index - (len(ratios) - 1) / 2) * width for i in values]
@@ -121,11 +122,12 @@ def plot_ratios(result: dict, path: Path) -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_curve(curve: dict, axis: str, xlabel: str, title: str, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
     for model in dict.fromkeys(point["model"] for point in curve["points"]):
         points = [p for p in curve["points"] if p["model"] == model]
         axes.loglog([p[axis] for p in points], [1e3 * p["median_seconds"] for p in points], "o-", label=model)
@@ -135,7 +137,6 @@ def plot_curve(curve: dict, axis: str, xlabel: str, title: str, path: Path) -> N
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write_report(result: dict, json_path: str) -> list[Path]:

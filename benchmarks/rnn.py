@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxarch import tune_cpu
 from jaxarch.benchmarks.timing import (Timing, environment, matmul_ceiling_flops, time_interleaved,
                                        torch_available, write_json)
-from jaxarch.benchmarks.torch_worker import peer_environ
 from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell
 
 REFERENCE_SHAPE = dict(batch=64, time=128, features_in=64, hidden=256)
@@ -136,8 +136,7 @@ def benchmark_shape(shape: dict, *, rounds: int, repetitions: int, include_torch
     timings = time_interleaved(steps, rounds=rounds, repetitions=repetitions)
     if include_torch:
         worker = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--torch-worker", json.dumps(
-            dict(shape=shape, rounds=rounds, repetitions=repetitions))], check=True, capture_output=True, text=True,
-            env=peer_environ())  # glibc's own allocator settings, as PyTorch's users have them
+            dict(shape=shape, rounds=rounds, repetitions=repetitions))], check=True, capture_output=True, text=True)
         for name, timing in json.loads(worker.stdout.strip().splitlines()[-1]).items():
             kinds[name], timings[name] = name.removeprefix("torch_"), Timing(**timing)
     results = {}
@@ -216,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.torch_worker:
         settings = json.loads(args.torch_worker)
         print(json.dumps(torch_timings(settings["shape"], settings["rounds"], settings["repetitions"])))
-        return {}
+        return {}  # untuned: glibc's own allocator settings, as PyTorch's users have them
+    tune_cpu()  # the JAX steps run as under the `jaxarch` command
     result = run(quick=args.quick, include_torch=False if args.no_torch else None)
     for entry in result["shapes"]:
         print(markdown(entry, result["matmul_ceiling_gflops_per_second"] * 1e9))

@@ -25,6 +25,7 @@ import math
 import jax
 import ml_collections
 
+from jaxarch import tune_cpu
 from jaxarch.benchmarks.timing import environment, time_jax_step, write_json
 from jaxarch.train import TASKS, init_state
 from jaxarch.train.loop import build_dataset_and_model
@@ -87,6 +88,7 @@ def main():
     parser.add_argument("--repetitions", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/scaling.json")
     args = parser.parse_args()
+    tune_cpu()  # timed as under the `jaxarch` command
     config = override_config(experiments.get_config(args.experiment), args.overrides)
     rows = measure_scaling(config, args.meshes, per_device_batch_size=args.per_device_batch,
                            repetitions=args.repetitions)

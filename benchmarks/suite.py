@@ -8,9 +8,10 @@ reference shapes, large), one training step (forward, backward, Adam update) of:
 - `torch_eager`, and `torch_compile` at the reference size (not in `--quick`): PyTorch on the same device, when
   torch is installed (`benchmarks/torch_models.py`, run in a worker process, `benchmarks/torch_worker.py`), with
   glibc's allocator as PyTorch's users have it;
-- `torch_eager_mallopt` (not in `--quick`): PyTorch eager in a second worker that keeps jaxarch's glibc settings
-  (`jaxarch/host_allocator.py`), which every jaxarch process runs with. They halved PyTorch's LSTM and CNN
-  steps on a 2-core CPU (oneDNN's RNN kernel maps its workspace afresh every step otherwise), so both are reported.
+- `torch_eager_mallopt` (not in `--quick`): PyTorch eager in a second worker that makes jaxarch's glibc settings
+  (`jaxarch/host_allocator.py`), which the `jaxarch` command, and so this suite, runs with (`jaxarch.tune_cpu`).
+  They halved PyTorch's LSTM and CNN steps on a 2-core CPU (oneDNN's RNN kernel maps its workspace afresh every
+  step otherwise), so both are reported.
 
 Every implementation of a workload is timed in the same rounds (`time_runs_interleaved`), so load from other jobs
 on a shared machine hits them alike: the ratios are measured side by side, the absolute figures are not
@@ -239,7 +240,7 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
         "flax": flax.__version__,
         "dtype": jnp.dtype(dtype).name,
         "param_dtype": "float32",
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # jaxarch's own included, see jaxarch/xla_flags.py
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # with those of `jaxarch.tune_cpu`, which `jaxarch bench` makes
         "torch": None,
     }
     worker = TorchWorker(torch_device) if torch_device else None

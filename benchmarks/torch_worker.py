@@ -13,20 +13,21 @@ load from other jobs hits both alike; neither process computes while the other i
 threads spin only briefly after a step before they sleep; with `OMP_WAIT_POLICY=ACTIVE`, which spins on, the JAX
 steps timed in the same rounds ran 11-15% slower, the CNN 33.6 against 39.3 steps/s beside a passive peer).
 
-The worker imports jaxarch, which makes its glibc settings at import (`jaxarch/host_allocator.py`). By default the
-worker turns them off (`JAXARCH_HOST_ALLOCATOR=0` in its environment), so torch allocates as it does for its users;
-`TorchWorker(host_allocator=True)` keeps them. They matter most for PyTorch's LSTM (oneDNN's RNN kernel takes a
-fresh mapping for its workspace every step) and CNN. On a 2-core AMD EPYC (family 26, model 2), reference shapes,
-glibc's defaults against jaxarch's settings, a process for each: LSTM 111 against 53 ms a step (about 40,800
-minor page faults and 88 ms of system time a step against none), CNN 37.1 against 16.8 ms (7,500 faults against
-none), attention block 156 against 137 ms, GRU 122 against 112, GPT 593 against 580, ViT 460 against 468.
+By default the worker leaves glibc's allocator as it is, so torch allocates as it does for its users;
+`TorchWorker(host_allocator=True)` starts it with `--host-allocator`, and it makes jaxarch's glibc settings
+(`jaxarch/host_allocator.py`, those of `jaxarch.tune_cpu`) before torch starts its threads. They matter most for
+PyTorch's LSTM (oneDNN's RNN kernel takes a fresh mapping for its workspace every step) and CNN. On a 2-core AMD
+EPYC (family 26, model 2), reference shapes, glibc's defaults against jaxarch's settings, a process for each: LSTM
+111 against 53 ms a step (about 40,800 minor page faults and 88 ms of system time a step against none), CNN 37.1
+against 16.8 ms (7,500 faults against none), attention block 156 against 137 ms, GRU 122 against 112, GPT 593
+against 580, ViT 460 against 468.
 
 Protocol: one JSON object a line on the worker's stdin, one JSON reply a line on its stdout (the worker's own
 prints go to stderr). Requests: `{"command": "info"}`; `{"command": "build", "name", "family", "shape",
 "compiled"}` builds a model and times its first step (`torch.compile` compiles there); `{"command": "run", "name",
 "count"}` times `count` steps; `{"command": "drop", "name"}` frees a model. A failing request replies `{"error"}`.
 
-Command (the parent starts it): JAXARCH_HOST_ALLOCATOR=0 python -m jaxarch.benchmarks.torch_worker --device cpu
+Command (the parent starts it): python -m jaxarch.benchmarks.torch_worker --device cpu [--host-allocator]
 """
 
 from __future__ import annotations
@@ -40,12 +41,6 @@ import tempfile
 import traceback
 
 
-def peer_environ(host_allocator: bool = False) -> dict[str, str]:
-    """This process's environment for a PyTorch peer process: with glibc's own allocator settings, as PyTorch's
-    users have them, or with jaxarch's (`host_allocator=True`)."""
-    return dict(os.environ, JAXARCH_HOST_ALLOCATOR="1" if host_allocator else "0")
-
-
 class TorchWorkerError(RuntimeError):
     """A request the worker could not carry out (e.g. `torch.compile` failing on this machine)."""
 
@@ -54,14 +49,14 @@ class TorchWorker:
     """The parent's handle on the worker process; use as a context manager."""
 
     def __init__(self, device: str = "cpu", host_allocator: bool = False):
-        """`host_allocator`: whether the worker keeps jaxarch's glibc settings (default: glibc's own)."""
+        """`host_allocator`: whether the worker makes jaxarch's glibc settings (default: glibc's own)."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"benchmarks.torch_worker: device is {device!r}, expected 'cpu' or 'cuda'")
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "jaxarch.benchmarks.torch_worker", "--device", device],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
-            env=peer_environ(host_allocator))
+            [sys.executable, "-m", "jaxarch.benchmarks.torch_worker", "--device", device]
+            + (["--host-allocator"] if host_allocator else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
 
     def __enter__(self) -> TorchWorker:
         return self
@@ -89,7 +84,7 @@ class TorchWorker:
 
     def info(self) -> dict:
         """`{"torch": version, "threads": intra-op threads, "device": ..., "omp_wait_policy": ...,
-        "host_allocator": whether jaxarch's glibc settings took}`."""
+        "host_allocator": whether it made jaxarch's glibc settings and glibc took them}`."""
         return self.request(command="info")
 
     def build(self, name: str, family: str, shape: dict, compiled: bool) -> float:
@@ -108,11 +103,14 @@ class TorchWorker:
         self.request(command="drop", name=name)
 
 
-def serve(device: str) -> None:
-    """The worker's loop: answers requests until stdin closes."""
+def serve(device: str, host_allocator: bool = False) -> None:
+    """The worker's loop: answers requests until stdin closes. With `host_allocator`, it first makes jaxarch's
+    glibc settings (the arena setting reaches only threads that have not allocated yet: before torch starts any)."""
+    from jaxarch.host_allocator import configure_host_allocator
+
+    host_allocator_configured = configure_host_allocator() if host_allocator else False
     import torch
 
-    import jaxarch
     from jaxarch.benchmarks.timing import timed_calls
     from jaxarch.benchmarks.torch_models import train_step
 
@@ -125,7 +123,7 @@ def serve(device: str) -> None:
             if command == "info":
                 reply = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                         "host_allocator": jaxarch.HOST_ALLOCATOR_CONFIGURED}
+                         "host_allocator": host_allocator_configured}
             elif command == "build":
                 runs[message["name"]] = timed_calls(train_step(message["family"], message["shape"], device,
                                                                message["compiled"]))
@@ -149,7 +147,9 @@ def serve(device: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    serve(parser.parse_args(argv).device)
+    parser.add_argument("--host-allocator", action="store_true", help="make jaxarch's glibc settings first")
+    args = parser.parse_args(argv)
+    serve(args.device, args.host_allocator)
 
 
 if __name__ == "__main__":

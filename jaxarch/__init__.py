@@ -1,9 +1,9 @@
-"""jaxarch: convolutional, recurrent and attention architectures as pure-function Flax Linen modules."""
+"""jaxarch: convolutional, recurrent and attention architectures as pure-function Flax Linen modules.
 
-from jaxarch.host_allocator import configure_host_allocator
-from jaxarch.xla_flags import apply_xla_flags
+Importing jaxarch changes nothing outside it. `tune_cpu()` makes the process-wide CPU settings (XLA flags, glibc's
+allocator) that the `jaxarch` command runs with; see jaxarch/tuning.py.
+"""
 
-apply_xla_flags()
-HOST_ALLOCATOR_CONFIGURED = configure_host_allocator()  # whether glibc took jaxarch's settings
+from jaxarch.tuning import CpuTuning, tune_cpu
 
 __version__ = "0.1.0"

@@ -156,9 +156,13 @@ EXIT_NON_FINITE = 3
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxarch.tuning import tune_cpu
+
     os.environ.setdefault("MPLBACKEND", "Agg")
     args = build_parser().parse_args(argv)
     try:
+        # Before any command starts JAX's backends: every figure the command prints is measured with them.
+        tune_cpu()
         return args.func(args)
     except ValueError as err:
         # Configuration and input errors are the user's to fix: show the message, not a traceback.

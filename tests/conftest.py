@@ -1,5 +1,5 @@
-"""Strict settings for the whole suite: they turn silent shape bugs into errors. And one compilation cache for
-the whole run."""
+"""Strict settings for the whole suite: they turn silent shape bugs into errors. One compilation cache for the
+whole run. And the library untuned, as a program that imports it gets it."""
 
 import atexit
 import os
@@ -7,6 +7,12 @@ import shutil
 import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The `jaxarch` command makes `jaxarch.tune_cpu`'s process-wide settings when it starts; tests call its `main` in
+# this process and in subprocesses. Switched off here (and so in every subprocess, which inherits the variables),
+# the suite runs as a program importing jaxarch does, whichever test runs first; a test of the settings turns them
+# on in its own subprocess. Setting the switches to 1 runs the suite tuned.
+os.environ.setdefault("JAXARCH_XLA_FLAGS", "0")
+os.environ.setdefault("JAXARCH_HOST_ALLOCATOR", "0")
 
 
 def _share_compilation_cache() -> None:

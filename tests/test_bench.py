@@ -84,6 +84,23 @@ def test_torch_peer_is_timed_beside_the_jax_steps():
     assert set(entry["ratios"]) == {"jaxarch/flax", "jaxarch/torch_eager", "jaxarch/torch_eager_mallopt"}
 
 
+def test_torch_peer_makes_the_allocator_settings_only_when_asked(tmp_path, monkeypatch):
+    # Whatever the parent's environment says: the worker's allocator is an argument, not a side effect of imports.
+    monkeypatch.setenv("JAXARCH_HOST_ALLOCATOR", "1")
+    if not HAS_TORCH:  # a stand-in with what the worker imports and its info request reads
+        (tmp_path / "torch" / "nn").mkdir(parents=True)
+        (tmp_path / "torch" / "__init__.py").write_text(
+            "__version__ = 'stand-in'\nTensor = object\n\n\ndef get_num_threads():\n    return 1\n")
+        (tmp_path / "torch" / "nn" / "__init__.py").write_text("class Module:\n    pass\n")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    from jaxarch.benchmarks.torch_worker import TorchWorker
+    from jaxarch.host_allocator import glibc
+
+    with TorchWorker("cpu") as worker, TorchWorker("cpu", host_allocator=True) as mallopt_worker:
+        assert worker.info()["host_allocator"] is False
+        assert mallopt_worker.info()["host_allocator"] is (glibc() is not None)
+
+
 def test_counted_flops_follow_the_stated_formulas():
     reference = {family: workload(family, "reference") for family in FAMILIES}
     assert reference["lstm"].train_flops == 3 * 2 * 64 * 128 * (64 + 256) * 4 * 256

@@ -15,7 +15,6 @@ import pytest
 from jaxarch.layers import conv_lowering
 from jaxarch.layers.conv import Conv
 from jaxarch.layers.conv_lowering import SUMMED_PRODUCTS_MAX, patches, use_patches
-from jaxarch.xla_flags import CONVOLUTION_FLAG, CPU_FLAGS
 
 BATCH, IN, OUT = 3, 4, 5
 SPATIAL = {1: (11,), 2: (11, 9), 3: (7, 9, 6)}
@@ -114,10 +113,13 @@ def test_auto_takes_the_patches_where_they_were_faster(monkeypatch, ynnpack):
     assert not use_patches("xla", (1, 1), 1, few)
 
 
-def test_under_jaxarchs_flags_ynnpack_runs_no_convolution():
-    # Backends start after jaxarch is imported here; with the flag, XLA keeps convolutions off YNNPACK.
-    if CONVOLUTION_FLAG in CPU_FLAGS and jax.default_backend() == "cpu":
-        assert not conv_lowering.ynnpack_runs_convolutions()
+def test_auto_follows_this_process_s_convolution_library():
+    # Whatever XLA_FLAGS this process started with (the suite runs untuned, a `jaxarch` command tuned): 2-D layers
+    # with many products take the patches exactly while YNNPACK runs XLA's convolutions. Which library that is
+    # depends on the jaxlib and the flags (tests/test_import_settings.py checks the flag's effect).
+    on_cpu = jax.default_backend() == "cpu"
+    ynnpack = on_cpu and conv_lowering.ynnpack_runs_convolutions()
+    assert use_patches("auto", (1, 1), 1, SUMMED_PRODUCTS_MAX + 1) == ynnpack
 
 
 def test_a_first_layer_skips_its_input_gradient():

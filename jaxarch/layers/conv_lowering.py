@@ -3,9 +3,7 @@
 XLA:CPU runs 3-D convolutions, and 2-D ones when it gives them to YNNPACK, well below the speed of its matmuls,
 above all their kernel gradient: a convolution of the input with the output gradient whose window is the whole
 output and whose result is only the kernel's few positions. The "patches" lowering (im2col, as Caffe lowered
-convolutions) writes the layer as one matmul instead. Which of the two `"auto"` takes, and the measurements
-behind it, are in `use_patches`: since jaxarch's XLA flags keep YNNPACK away from convolutions, 2-D layers
-mostly take XLA's (Eigen's) convolutions, which ran faster still. With `patches(x)` the `[batch * out_spatial,
+convolutions) writes the layer as one matmul instead. With `patches(x)` the `[batch * out_spatial,
 prod(window) * in_features]` matrix of every window the kernel sees,
 
     y = patches(x) @ kernel.reshape(prod(window) * in_features, features)
@@ -14,21 +12,13 @@ prod(window) * in_features]` matrix of every window the kernel sees,
 
 With few products per output (`prod(window) * in_features <= SUMMED_PRODUCTS_MAX`: a 3x3 first layer on grey
 images, a 2x2 one on RGB), the forward product is instead a sum of that many column-times-kernel-row terms, which
-XLA fuses with the bias and activation; the kernel gradient stays the matmul above.
+XLA fuses with the bias and activation; the kernel gradient stays the matmul above. Which lowering `"auto"` takes
+is `use_patches`'s rule; the measurements behind it are in docs/performance/cpu.md.
 
 The rule is a JVP (`custom_jvp`, like the pooling fast path), so forward-mode differentiation works too, and the
 input gradient is skipped when the input needs none (the network's first layer). The patches are computed once in
 the forward pass and kept for the backward one: `prod(window)` times the layer input's memory, the usual price of
 im2col.
-
-Measured on a 2-core CPU (Intel Xeon) with YNNPACK running XLA's convolutions, the reference CNN's training step
-(batch 128, 28x28x1, conv3x3(32)-maxpool2-conv3x3(64)-maxpool2-dense, Adam), median of interleaved runs: 72 ms
-with XLA's convolutions, 53 ms with XLA's forward and input gradient and the patch kernel gradient, 43 ms with the
-patch forward as well (with the batch a compile-time constant, which let XLA fold the first layer's patches away:
-under 1 ms). In `jaxarch bench`, batch passed to the step, that is 0.82-0.93x PyTorch eager's step (started with
-OMP_WAIT_POLICY=PASSIVE) across runs, from 0.51x with XLA's convolutions.
-The summed first layer (9 products) then took the step from 43.3 to 39.6 ms on a 2-core AMD EPYC (family 25,
-model 17), interleaved in one process, and Eigen's convolutions for the second layer from 29.2 to 24.2 ms.
 
 Values equal XLA's up to the order of a float sum (tests compare them in float64), and the parameters are the
 same arrays, so `flax.linen.Conv` checkpoints load unchanged. Grouped and input-dilated (transposed) convolutions
@@ -81,10 +71,8 @@ def _times_kernel(columns, kernel, precision):
 
 
 # Up to this many products per output (prod(window) * in_features), the forward product is an unrolled sum of
-# column-times-kernel-row terms, which XLA fuses with the bias and activation into one pass over the output. A
-# matmul with so short a contraction runs far below speed. On a 2-core AMD EPYC, a 3x3 first layer on
-# [128, 28, 28, 1] with 32 features (9 products) trained 1.75x faster summed; 12 products (2x2 over 3 channels)
-# 1.3x; 16 even; 18 and more lost.
+# column-times-kernel-row terms, which XLA fuses with the bias and activation into one pass over the output: a
+# matmul with so short a contraction runs far below speed (the crossover measured is in docs/performance/cpu.md).
 SUMMED_PRODUCTS_MAX = 12
 
 
@@ -129,9 +117,9 @@ def ynnpack_runs_convolutions() -> bool:
     """Whether XLA:CPU gives this process's convolutions to YNNPACK: the compiled HLO of a probe convolution
     (the reference CNN's second layer, `[128, 14, 14, 32]` by `[3, 3, 32, 64]`) names a YNN fusion.
 
-    jaxarch's XLA flags take them away (jaxarch/xla_flags.py); they stay with YNNPACK when the user's
-    `XLA_FLAGS` say so, with `JAXARCH_XLA_FLAGS=0`, or when JAX's backends started before jaxarch was imported.
-    Compiling the probe takes about 20 ms, once a process.
+    It depends on the jaxlib and on the process's `XLA_FLAGS` as XLA read them when JAX's backends started:
+    `jaxarch.tune_cpu()` takes convolutions away from YNNPACK (jaxarch/xla_flags.py), an untuned process leaves
+    them there from jaxlib 0.10.1 on. Compiling the probe takes about 20 ms, once a process.
     """
     def probe(x, kernel):
         return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -145,23 +133,14 @@ def use_patches(lowering: str, input_dilation: Sequence[int], feature_group_coun
     """Whether `conv` takes the patch lowering, `products` being `prod(window) * in_features`: asked for, or
     `"auto"` on the CPU backend for
 
-    - 3-D convolutions;
-    - 2-D convolutions with at most `SUMMED_PRODUCTS_MAX` products per output, and every 2-D convolution while
-      XLA:CPU gives convolutions to YNNPACK (`ynnpack_runs_convolutions()`).
+    - 3-D convolutions: XLA:CPU's own ran below the patch matmuls whichever library ran them;
+    - 2-D convolutions with at most `SUMMED_PRODUCTS_MAX` products per output (the summed forward product beats
+      any convolution there), and every 2-D convolution while XLA:CPU gives convolutions to YNNPACK
+      (`ynnpack_runs_convolutions()`), which runs them on one core. Eigen's 2-D convolutions, which XLA uses
+      without YNNPACK, beat the patches.
 
-    Measured on a 2-core AMD EPYC (family 25, model 17), training steps interleaved in one process: YNNPACK ran
-    each convolution on one core, and its 2-D ones (forward, input and kernel gradient) at half the speed of
-    Eigen's, which XLA uses without it (the reference CNN's second layer: 10 against 5.2 ms for the input
-    gradient; 16 against 9.5 ms for the kernel gradient, where the patch matmul took 13-16 ms with its
-    patches). With Eigen's convolutions every 2-D CNN step measured was faster with XLA's lowering than with
-    patches but for the summed first layer: the reference CNN (batch 128, 28x28x1, 32 and 64 channels) 1.20x,
-    its batch of 32 1.10x, 64x64x3 images 1.12x, the 8x8 digits 1.29x, a 64 -> 64 layer on [64, 32, 32, 64]
-    1.52x, three layers on [32, 32, 32, 3] 1.07x. Eigen's 3-D convolutions lost (a 16 -> 32 layer on
-    [8, 16, 16, 16, 16] 0.62x the patch lowering's step), so 3-D convolutions keep the patches.
-
-    1-D convolutions stay with XLA: there XLA's kernel gradient is not the bottleneck, and on a 2-CPU machine
-    the patch lowering was 7-35% slower (MNIST-1D's CNN step, batch 128 and 1024; single 1-D layers of
-    32 -> 64 and 64 -> 128 channels). Grouped and input-dilated convolutions always take XLA's.
+    1-D convolutions stay with XLA, whose kernel gradient is not the bottleneck there. Grouped and input-dilated
+    convolutions always take XLA's. The measurements behind each case are in docs/performance/cpu.md.
     """
     if feature_group_count != 1 or any(d != 1 for d in input_dilation):
         return False

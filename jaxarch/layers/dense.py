@@ -4,9 +4,7 @@
 A Dense layer on `[batch, time, features]` contracts the last axis; its kernel gradient then contracts the two
 leading axes of the input and of the output gradient at once. XLA:CPU lowers that two-axis contraction to
 transposes and a slow generic dot, while the same product written on `[batch * time, features]` matrices runs
-as one fast matmul. Measured on a 2-core CPU (MLP 256 -> 1024 -> 256 without biases, exact GELU, on
-`[16, 256, 256]`, jitted forward + backward): 151-168 ms with `lax.dot_general` on the 3-D arrays, 75-77 ms
-flattened; the whole pre-LN block's step (batch 16, T 256, D 256), 160 ms before and 149 ms after.
+as one fast matmul (docs/performance/cpu.md has the measurements).
 
 `flat_dot_general` flattens the non-contracted axes of both operands into matrices, multiplies, and restores the
 shape; it is `lax.dot_general` for any other contraction. The forward values are those of `lax.dot_general`

@@ -14,7 +14,7 @@ import optax
 
 from jaxarch.train.nonfinite import finite_flags, keep_unless_finite
 from jaxarch.train.state import TrainState
-from jaxarch.train.tasks import Task
+from jaxarch.train.tasks import WEIGHT, Task, weights_over_mean
 
 Metrics = dict[str, jax.Array]
 
@@ -37,7 +37,8 @@ def make_train_step(task: Task, *, jit: bool = True, skip_nonfinite: bool = Fals
             outputs = state.apply_fn(variables, batch["inputs"], train=True, rngs={"dropout": dropout_rng},
                                      mutable=mutable or False)
             logits, new_model_state = outputs if mutable else (outputs, {})
-            loss = jnp.mean(task.per_example(logits, batch["targets"])["loss"])
+            per_example = task.per_example(logits, batch["targets"])
+            loss = jnp.mean(per_example["loss"] * weights_over_mean(per_example))
             return loss, new_model_state
 
         (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -55,13 +56,14 @@ def make_train_step(task: Task, *, jit: bool = True, skip_nonfinite: bool = Fals
 
 
 def make_eval_step(task: Task) -> Callable[[TrainState, dict], Metrics]:
-    """Jitted: (state, batch with "mask") -> summed metrics and the example count, for exact averaging."""
+    """Jitted: (state, batch with "mask") -> weighted sums of the metrics and the summed weight ("count": of
+    examples, or of scored tokens where the task weighs its examples), for exact averaging."""
 
     def eval_step(state: TrainState, batch: dict) -> Metrics:
         variables = {"params": state.params, **state.model_state}
         outputs = state.apply_fn(variables, batch["inputs"], train=False)
-        per_example = task.per_example(outputs, batch["targets"])
-        mask = batch["mask"].astype(jnp.float32)
+        per_example = dict(task.per_example(outputs, batch["targets"]))
+        mask = batch["mask"].astype(jnp.float32) * per_example.pop(WEIGHT, 1.0)
         sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
         sums["count"] = jnp.sum(mask)
         return sums
@@ -70,7 +72,7 @@ def make_eval_step(task: Task) -> Callable[[TrainState, dict], Metrics]:
 
 
 def evaluate(eval_step, state: TrainState, batches) -> dict[str, float]:
-    """Exact means over a split's padded batches."""
+    """Exact means over a split's padded batches (weighted as the task weighs its examples)."""
     totals: dict[str, float] = {}
     for batch in batches:
         for name, value in eval_step(state, batch).items():

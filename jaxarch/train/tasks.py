@@ -1,7 +1,9 @@
 """What a model's outputs are judged by: per-example loss and metrics for each kind of task.
 
 Every function returns per-example values ([batch]) so the training loss is their mean and evaluation can
-weight them by a padding mask. Log-probabilities are computed in float32 whatever the compute dtype.
+weight them by a padding mask. A task whose examples carry different amounts of evidence (sequences scoring
+different numbers of positions) also returns each example's `WEIGHT`, and every mean, in training as in
+evaluation, weighs the examples by it. Log-probabilities are computed in float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from jaxarch.registry import Registry
 
 PerExample = Callable[[jax.Array, jax.Array], dict[str, jax.Array]]
 
+# The optional per-example entry that weighs each example in the means (not a metric itself).
+WEIGHT = "weight"
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """`per_example(outputs, targets)` returns {"loss": [batch], other metrics: [batch]}."""
+    """`per_example(outputs, targets)` returns {"loss": [batch], other metrics: [batch]}, and optionally
+    {WEIGHT: [batch]}: each example's weight in the means (without it, every example counts once)."""
 
     per_example: PerExample
     primary_metric: str  # The metric reported as the experiment's headline result.
@@ -29,6 +35,20 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+
+
+def weights_over_mean(per_example: dict[str, jax.Array]) -> jax.Array | float:
+    """Each example's `WEIGHT` over the batch's mean weight ([batch]; 1.0 without weights), so that
+    `mean(value * weights_over_mean(...))` is the weighted mean of a per-example value.
+
+    With equal weights each factor is exactly 1 (integer counts divide exactly), so that mean and its gradient are
+    bitwise those of `mean(value)`. A batch whose weights are all zero gets zeros.
+    """
+    if WEIGHT not in per_example:
+        return 1.0
+    weight = per_example[WEIGHT]
+    mean = jnp.mean(weight)
+    return jnp.where(mean > 0, weight / jnp.where(mean > 0, mean, 1.0), 0.0)
 
 
 def _classification(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
@@ -48,16 +68,19 @@ def _regression(predictions: jax.Array, targets: jax.Array) -> dict[str, jax.Arr
 def _sequence_classification(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
     """logits: [batch, time, classes]; targets: [batch, time] int, -1 marks positions that are not scored.
 
-    The per-example loss is the mean over scored positions; `bits` is the same in bits (for language models).
+    Each metric is the sequence's mean over its scored positions (`bits_per_token` is the loss in bits, for
+    language models), and its `WEIGHT` is the count of those positions: the means over sequences are then means
+    over scored tokens, whatever the sequences' lengths.
     """
     logits = logits.astype(jnp.float32)
     scored = targets >= 0
     safe_targets = jnp.where(scored, targets, 0)
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, safe_targets)
-    count = jnp.maximum(jnp.sum(scored, axis=-1), 1)
-    loss = jnp.sum(jnp.where(scored, token_loss, 0.0), axis=-1) / count
-    correct = jnp.sum(jnp.where(scored, jnp.argmax(logits, axis=-1) == targets, False), axis=-1) / count
-    return {"loss": loss, "bits_per_token": loss / math.log(2.0), "accuracy": correct}
+    count = jnp.sum(scored, axis=-1).astype(jnp.float32)
+    per_position = jnp.maximum(count, 1.0)  # a sequence scoring nothing has weight 0: its zeros never count
+    loss = jnp.sum(jnp.where(scored, token_loss, 0.0), axis=-1) / per_position
+    correct = jnp.sum(jnp.where(scored, jnp.argmax(logits, axis=-1) == targets, False), axis=-1) / per_position
+    return {"loss": loss, "bits_per_token": loss / math.log(2.0), "accuracy": correct, WEIGHT: count}
 
 
 TASKS.register("classification")(Task(_classification, "accuracy", higher_is_better=True))
