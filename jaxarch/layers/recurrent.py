@@ -33,10 +33,9 @@ from jaxarch.checks import (check_axis_size, check_floating, check_integer, chec
                             check_size_as_at_init, fail)
 # The cells and kernels are re-exported: every name this module defined before they moved out stays importable.
 from jaxarch.layers.recurrent_cells import (CELLS, Array, Carry, GRUCell, Initializer, LSTMCell,  # noqa: F401
-                                            SimpleRNNCell, _boxed_like, _check_carry, _check_chrono,
-                                            _check_has_features, _chrono_bias, _compute_dtype, _default_kernel_init,
-                                            _expand_to, _FusedGateCell, _gate_dtype, _identity_init, _layer_norm,
-                                            _per_gate)
+                                            SimpleRNNCell, _check_carry, _check_chrono, _check_has_features,
+                                            _chrono_bias, _compute_dtype, _default_kernel_init, _expand_to,
+                                            _FusedGateCell, _gate_dtype, _identity_init, _layer_norm, _per_gate)
 from jaxarch.layers.recurrent_kernels import (_carry_independent_tangent, _flat, _lstm_scan,  # noqa: F401
                                               _lstm_sequence, _lstm_sequence_jvp, _masked, _rnn_scan,
                                               _rnn_sequence, _rnn_sequence_jvp, _scan_into_own_buffers,
@@ -79,7 +78,9 @@ class RNN(nn.Module):
     training.
 
     Any cell may `sow`: the sown values come back in their collection with a leading time axis (`[time, *shape]`,
-    indexed by input position, also when `reverse`; `variable_axes`). A cell that draws rngs gets the streams
+    indexed by input position, also when `reverse`). That holds for the collections named in `variable_axes`
+    ("intermediates", where `sow` writes by default); the lifted scan drops a step's writes to collections named
+    nowhere, as in `flax.linen.RNN`. A cell that draws rngs gets the streams
     named in `split_rngs`: by default a new `dropout` key every step (split from the caller's, as flax's `nn.scan`
     splits them), so a dropout cell drops different units at each step.
 
@@ -164,18 +165,15 @@ class RNN(nn.Module):
             carry, outputs = sequence_kernel(x, mask, carry, *cell.fused_weights(x), reverse)
             return self._finish(carry, outputs, seq_lengths, return_carry, reverse, keep_order)
         # `step` gets the cell as the lifted scan binds it inside the loop, never `self.cell`: a bound module
-        # closed over by a loop would leak the loop's tracers into its scope (flax's UnexpectedTracerError).
+        # closed over by a loop would leak the loop's tracers into its scope (flax's UnexpectedTracerError). At
+        # init the lifted scan creates the parameters once and broadcasts them to every step ("params" in
+        # `variable_broadcast`), as `flax.linen.RNN` does.
         if fused and project_first:
             xs = cell.project_inputs(x)  # [T, B, G*H]: one matmul for every step
 
             def step(cell, carry, x_t):
                 return cell.step_projected(carry, x_t)
         else:
-            if fused and self.is_initializing():
-                # Declared before the loop, as the whole-sequence kernel does, so that `init` gives the same
-                # parameters whichever path runs. Other cells' parameters are created inside the lifted scan,
-                # once, and broadcast to every step (as in `flax.linen.RNN`).
-                cell.project_inputs(x[0])
             xs = x
 
             def step(cell, carry, x_t):
