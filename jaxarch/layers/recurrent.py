@@ -14,8 +14,8 @@ with a hand-derived gradient, which reads the parameters as plain arrays and cal
 Where the input projection runs (`RNN.project_first`): every jaxarch cell splits its step into `project_inputs`
 (the carry-independent input matmul) and `step_projected`; `project_first=True` runs `project_inputs` once on the
 whole `[time, batch, in]` sequence (one large matmul, as cuDNN does) and scans only `step_projected`. The default
-projects first on accelerators and inside the loop on CPU, where the `[time, batch, G*H]` buffer measured slower
-(the measurements are in docs/performance/recurrent.md). Either way each step computes the same
+projects first on accelerators and inside the loop on CPU, where projecting first measured slower (the
+measurements are in docs/performance/recurrent.md). Either way each step computes the same
 `step_projected(carry, project_inputs(x_t))`.
 """
 
