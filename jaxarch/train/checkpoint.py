@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import math
 import shutil
 import sys
@@ -48,6 +49,16 @@ DIGEST_FORMAT = 2
 # (UNAVAILABLE, RESOURCE_EXHAUSTED, PERMISSION_DENIED, NOT_FOUND, ...) describe the reader's situation.
 _DAMAGE_CODES = ("DATA_LOSS:", "OUT_OF_RANGE:")
 _DAMAGE_TYPES = (json.JSONDecodeError, UnicodeDecodeError)
+
+
+class _RestatedWriteErrors(logging.Filter):
+    """Drops orbax's error records (with tracebacks, one per writer thread) of file system errors, which
+    `Checkpointer` restates as one `CheckpointWriteError`; installed on orbax's logger while a Checkpointer is
+    open only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.levelno >= logging.ERROR and error is not None and _os_error(error) is not None)
 
 
 class CheckpointReadError(RuntimeError):
@@ -203,6 +214,10 @@ class Checkpointer:
             best_mode="max" if higher_is_better else "min",
             preservation_policy=policies.AnyPreservationPolicy(retained))
         self.restored_notes: dict = {}
+        self._in_flight: int | None = None
+        self._write_failed = False  # then `close` removes what the failed save's other writer threads left
+        self._log_filter = _RestatedWriteErrors()
+        logging.getLogger("absl").addFilter(self._log_filter)
         self.remove_temporary()
         self.manager = ocp.CheckpointManager(
             self.workdir / CHECKPOINTS, options=options,
@@ -323,29 +338,37 @@ class Checkpointer:
         `CheckpointWriteError` when it is a file system error."""
         if step in self.manager.all_steps():
             return False
+        # Orbax waits for the previous save before starting one; waiting here first ties a failure to its step.
+        self.wait()
         integrity = {"format": DIGEST_FORMAT, "step": step, "shards": _gather_digests(shard_digests(state)),
                      "notes": notes or {}}
+        self._in_flight = step
         try:
             return self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), integrity=ocp.args.JsonSave(integrity)),
                 metrics=dict(metrics or {}), force=True)
         except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
-            raise self._write_error(step, err) from None
+            raise self._write_error(err) from None
 
     def wait(self) -> None:
         """Waits for a save in flight; its failure is raised as in `save`."""
         try:
             self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
-            raise self._write_error(None, err) from None
+            raise self._write_error(err) from None
+        finally:
+            self._in_flight = None
 
-    def _write_error(self, step: int | None, err: Exception) -> Exception:
+    def _write_error(self, err: Exception) -> Exception:
         cause = _os_error(err)
         if cause is None:
             return err
+        step, self._in_flight = self._in_flight, None
+        self._write_failed = True
         self.remove_temporary()
-        latest = [s for s in self.all_steps() if s != step]
-        kept = (f"the checkpoint at step {latest[-1]} is the newest complete one" if latest
+        directory = self.workdir / CHECKPOINTS
+        complete = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+        kept = (f"the checkpoint at step {complete[-1]} is the newest complete one" if complete
                 else "no complete checkpoint has been written")
         at = f" at step {step}" if step is not None else ""
         return CheckpointWriteError(
@@ -372,6 +395,10 @@ class Checkpointer:
             except Exception as err:  # noqa: BLE001 - a failed save may surface again here; reported once
                 if _os_error(err) is None:
                     raise
+            finally:
+                logging.getLogger("absl").removeFilter(self._log_filter)
+                if self._write_failed:
+                    self.remove_temporary()
 
 
 def load_trained_params(workdir: str | Path, template: TrainState) -> tuple[TrainState, int]:
