@@ -34,14 +34,19 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ValueError(f"workdir: cannot create the lock file {str(self.path)!r} ({err.strerror}), expected "
+                             "a writable work directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             holder = _read_holder(fd)
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
+                raise ValueError(f"workdir: cannot lock {str(self.path)!r} ({err.strerror}), expected a file system "
+                                 "that supports flock (one run per work directory depends on it)") from None
             raise WorkdirBusyError(
                 f"workdir: {str(self.workdir)!r} is in use by another run ({holder}), expected a work directory "
                 "no other run is using; wait for that run to end, stop it, or choose another --workdir") from None

@@ -27,7 +27,7 @@ from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
                                      validate_config)
 from jaxarch.train.records import (CONFIG, MetricsLog, config_dict, plot_learning_curve, read_saved_config,
-                                   write_config)
+                                   write_atomically, write_config)
 from jaxarch.train.resume import check_config, check_steps, config_changes, record_history
 from jaxarch.train.resume import describe as describe_changes
 from jaxarch.train.sharding import init_sharded_state, make_sharded_train_step
@@ -328,6 +328,7 @@ def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState,
                               window=dataset.seq_len, rng=jax.random.PRNGKey(config.seed),
                               temperature=config.sample.temperature)
     text = config.sample.prompt + dataset.decode(ids)
-    (workdir / "sample.txt").write_text(text)
+    if jax.process_index() == 0:
+        write_atomically(workdir / "sample.txt", text)
     print(f"[jaxarch] sample from {config.name}:\n{text}", file=sys.stderr)
     return text

@@ -55,6 +55,16 @@ class Interrupted(Exception):
                 "command resumes from it")
 
 
+def _say(line: str) -> None:
+    """Writes a line to stderr with one system call: the handler may interrupt a `print` in progress on
+    sys.stderr, and a second buffered write into the same stream would fail as reentrant."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured, redirected)
+        fd = 2
+    os.write(fd, (line + "\n").encode())
+
+
 def agreed(flags: Sequence[bool] | np.ndarray) -> bool:
     """Whether a run stops: every process's flag (one per process, in process order), reduced identically on
     every process, so that all reach the same answer from the same exchanged values."""
@@ -84,11 +94,11 @@ class StopRequests:
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:
-            print(f"[jaxarch] second {name}: exiting at once without a checkpoint", file=sys.stderr, flush=True)
+            _say(f"[jaxarch] second {name}: exiting at once without a checkpoint")
             os._exit(exit_status(signum))
         self.signum = signum
-        print(f"[jaxarch] {name} received: finishing the current step and writing a checkpoint (send it again to "
-              "exit at once)", file=sys.stderr, flush=True)
+        _say(f"[jaxarch] {name} received: finishing the current step and writing a checkpoint (send it again to "
+             "exit at once)")
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
@@ -98,7 +108,8 @@ class StopRequests:
 
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            # None: a handler installed outside Python (C code), which cannot be reinstalled from here.
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
 
     @property
