@@ -87,14 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run one experiment; the last stdout line is a JSON of final metrics",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit status: 0 done; 1 an unexpected failure, or a checkpoint that could not be read for a "
-               "passing reason (left in place; rerun)\n"
-               "  2 bad input or environment: config, text files, an unwritable or full disk, a config change on "
-               "resume,\n    a work directory another run holds\n"
-               "  3 a non-finite loss or gradient\n"
-               "  143 (SIGTERM) or 130 (SIGINT), i.e. 128 + the signal: stopped after finishing the step and "
-               "writing a\n    checkpoint; the same command resumes. A second signal exits at once with the same "
-               "status.")
+        epilog="exit status:\n"
+               "  0         done (a finished work directory is evaluated again, adding no records)\n"
+               "  1         an unexpected failure, or a checkpoint that could not be read for a passing reason\n"
+               "            (an I/O error, out of memory): it is left in place; rerun\n"
+               "  2         bad input or environment: config, text files, an unwritable or full disk, a config\n"
+               "            change on resume without --allow-config-change, a work directory another run holds\n"
+               "  3         a non-finite loss or gradient\n"
+               "  143, 130  stopped by SIGTERM, SIGINT (128 + the signal) after finishing the step and writing a\n"
+               "            checkpoint; the same command resumes. A second signal exits at once, same status.")
     run.add_argument("name", help="experiment name, see `jaxarch list`")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its newest intact "

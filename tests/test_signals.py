@@ -80,7 +80,8 @@ def test_signals_stop_cleanly_and_the_resumed_runs_are_bit_identical(tmp_path):
     whole = subprocess.Popen(command(whole_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     runs = {name: subprocess.Popen(command(tmp_path / name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for name in cases}
-    during_save = subprocess.Popen(command(tmp_path / "save", ("-c", SIGNAL_DURING_SAVE.replace("TIMES", "1"))), stdout=subprocess.PIPE,
+    once = SIGNAL_DURING_SAVE.replace("TIMES", "1")
+    during_save = subprocess.Popen(command(tmp_path / "save", ("-c", once)), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
     for name, (signum, step) in cases.items():
         signal_after(runs[name], tmp_path / name, step, signum)

@@ -129,16 +129,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
     best_metric = f"{dataset.split_names()[0]}/{task.primary_metric}"
     checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints,
                                 best_metric=best_metric, higher_is_better=task.higher_is_better)
-    try:
+    try:  # Until the loop's own try takes over: a refusal to resume still lets orbax's threads finish.
         restored = checkpointer.restore(state)
-    except BaseException:
-        checkpointer.close()
-        raise
-    resume_step, changes, saved = None, {}, None
-    unlogged: list = []  # Losses of steps after the last log record, carried over by a stop on a signal.
-    if restored is not None:
-        state, resume_step = restored
-        try:
+        resume_step, changes, unlogged = None, {}, []
+        if restored is not None:
+            state, resume_step = restored
             check_steps(train.steps, resume_step, workdir / CHECKPOINTS)
             saved = read_saved_config(workdir)
             if saved is None:
@@ -147,18 +142,15 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
             else:
                 changes = config_changes(saved, config_dict(config))
                 check_config(changes, allowed=allow_config_change, workdir=workdir)
-        except BaseException:
-            checkpointer.close()
-            raise
-        unlogged = [np.float32(loss) for loss in checkpointer.restored_notes.get("unlogged_losses", [])]
-        print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
-    elif train.init_from:
-        # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
-        state, source_step = load_trained_params(train.init_from, state)
-        print(f"[jaxarch] {config.name} starts from the parameters of {train.init_from} at step {source_step}",
-              file=sys.stderr)
-    schedule = make_schedule(config.optim, train.steps)
-    try:
+            # Losses of the steps after the last log record, saved with the checkpoint.
+            unlogged = [np.float32(loss) for loss in checkpointer.restored_notes.get("unlogged_losses", [])]
+            print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
+        elif train.init_from:
+            # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
+            state, source_step = load_trained_params(train.init_from, state)
+            print(f"[jaxarch] {config.name} starts from the parameters of {train.init_from} at step {source_step}",
+                  file=sys.stderr)
+        schedule = make_schedule(config.optim, train.steps)
         if primary and (changes or resume_step is None or not (workdir / CONFIG).exists()):
             write_config(workdir, config)
         log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)
@@ -328,7 +320,6 @@ def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState,
                               window=dataset.seq_len, rng=jax.random.PRNGKey(config.seed),
                               temperature=config.sample.temperature)
     text = config.sample.prompt + dataset.decode(ids)
-    if jax.process_index() == 0:
-        write_atomically(workdir / "sample.txt", text)
+    write_atomically(workdir / "sample.txt", text)
     print(f"[jaxarch] sample from {config.name}:\n{text}", file=sys.stderr)
     return text
