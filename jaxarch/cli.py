@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -159,10 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C outside a run's own handling (while loading, or in another command): nothing to save.
+        print("jaxarch: stopped by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     except ValueError as err:
         # Configuration and input errors are the user's to fix: show the message, not a traceback.
         print(f"jaxarch: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # stdout closed by a reader such as `head`: quietly, and without a second error when Python flushes it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as err:
         # A file the run reads or writes outside the places that restate their errors (the disk filled up
         # between two writes, a file vanished): the file and the reason, not a traceback.
