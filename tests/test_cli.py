@@ -98,3 +98,22 @@ def test_gradients_command_shows_the_lstm_keeping_more_gradient(tmp_path, capsys
     assert cells["rnn"]["first_over_last"] < 1e-3
     assert cells["lstm"]["first_over_last"] > 100 * cells["rnn"]["first_over_last"]
     assert (tmp_path / "gradient_norms_T60.png").stat().st_size > 0
+
+
+def test_run_help_documents_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "143, 130  stopped by SIGTERM, SIGINT" in out and "--allow-config-change" in out
+    assert "a work directory another run holds" in out
+
+
+def test_ctrl_c_before_a_run_handles_it_is_exit_130_without_a_traceback(monkeypatch, capsys):
+    from jaxarch import experiments
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "get_config", interrupted)
+    assert main(["run", "mnist1d-logreg"]) == 130
+    assert capsys.readouterr().err == "jaxarch: stopped by SIGINT\n"
