@@ -173,3 +173,24 @@ def test_handlers_are_installed_for_the_run_only_and_restored(tmp_path, monkeypa
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_a_signal_to_one_process_of_a_distributed_run_stops_all_after_the_same_step(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "jaxarch.cli", "run", "mnist1d-logreg", "train.steps=1000000",
+               "train.checkpoint_every=0", "train.eval_every=0", "train.log_every=20", "--workdir", str(tmp_path),
+               "--no-progress", "--coordinator-address", f"localhost:{port}", "--num-processes", "2"]
+    env = {**os.environ, "MPLBACKEND": "Agg",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false"}
+    processes = [subprocess.Popen([*command, "--process-id", str(index)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for index in range(2)]
+    signal_after(processes[1], tmp_path, 40, signal.SIGTERM)  # Process 1 only, as a node's own preemption.
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [143, 143], errors
+    steps = [stopped_step(err, "SIGTERM") for err in errors]
+    assert steps[0] == steps[1] and steps[0] % 10 == 0  # Flags are exchanged every 10 steps.
+    assert (tmp_path / CHECKPOINTS / str(steps[0])).is_dir()
