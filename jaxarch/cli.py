@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -34,28 +34,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = override_config(experiments.get_config(args.name), args.overrides)
     validate_config(config)
     workdir = Path(args.workdir or Path("runs") / args.name)
-    if args.restart:
-        _restart(workdir, distributed)
-    result = train_and_evaluate(config, workdir, progress=args.progress)
+    # --restart empties the directory inside the run, under its lock, so a live run's directory is never emptied.
+    result = train_and_evaluate(config, workdir, progress=args.progress, restart=args.restart,
+                                allow_config_change=args.allow_config_change)
     print(json.dumps(result))
     return 0
-
-
-def _restart(workdir: Path, distributed: bool) -> None:
-    """Empties the work directory; in a multi-process run process 0 does it while the others wait."""
-    import jax
-
-    if workdir.exists() and jax.process_index() == 0:
-        try:
-            shutil.rmtree(workdir)
-        except OSError as err:
-            raise ValueError(f"workdir: --restart could not delete {str(workdir)!r} ({err.strerror}), expected a "
-                             "directory this process can delete") from None
-        print(f"[jaxarch] --restart: deleted {workdir}, starting from step 0", file=sys.stderr)
-    if distributed:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxarch restart")
 
 
 def _cmd_tour(args: argparse.Namespace) -> int:
@@ -102,12 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="print the experiments").set_defaults(func=_cmd_list)
 
-    run = sub.add_parser("run", help="run one experiment; the last stdout line is a JSON of final metrics")
+    run = sub.add_parser(
+        "run", help="run one experiment; the last stdout line is a JSON of final metrics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status:\n"
+               "  0         done (a finished work directory is evaluated again, adding no records)\n"
+               "  1         an unexpected failure, or a checkpoint that could not be read for a passing reason\n"
+               "            (an I/O error, out of memory): it is left in place; rerun\n"
+               "  2         bad input or environment: config, text files, an unwritable or full disk, a config\n"
+               "            change on resume without --allow-config-change, a work directory another run holds\n"
+               "  3         a non-finite loss or gradient\n"
+               "  143, 130  stopped by SIGTERM, SIGINT (128 + the signal) after finishing the step and writing a\n"
+               "            checkpoint; the same command resumes. A second signal exits at once, same status.")
     run.add_argument("name", help="experiment name, see `jaxarch list`")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its newest intact "
                      "checkpoint")
-    run.add_argument("--restart", action="store_true", help="delete the work directory's contents first")
+    run.add_argument("--restart", action="store_true", help="delete the work directory's contents first (refused "
+                     "while another run holds it)")
+    run.add_argument("--allow-config-change", action="store_true",
+                     help="resume although the config differs from the saved config.json; the changes and their "
+                          "step are recorded in config_history.jsonl and metrics.jsonl")
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-process run (jax.distributed); the processes are found from SLURM, Open MPI "
                           "or a Cloud TPU pod slice, or from the three flags below")
@@ -150,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Exit statuses besides 0: argparse's own usage errors are 2 as well.
+# Exit statuses besides 0: argparse's own usage errors are 2 as well. A run stopped by a signal exits with
+# 128 + the signal's number (`jaxarch.train.signals.exit_status`): 143 for SIGTERM, 130 for SIGINT.
+EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
 
@@ -164,19 +164,44 @@ def main(argv: list[str] | None = None) -> int:
         # Before any command starts JAX's backends: every figure the command prints is measured with them.
         tune_cpu()
         return args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C outside a run's own handling (while loading, or in another command): nothing to save.
+        print("jaxarch: stopped by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     except ValueError as err:
         # Configuration and input errors are the user's to fix: show the message, not a traceback.
         print(f"jaxarch: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # stdout closed by a reader such as `head`: quietly, and without a second error when Python flushes it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:
+        # A file the run reads or writes outside the places that restate their errors (the disk filled up
+        # between two writes, a file vanished): the file and the reason, not a traceback.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"jaxarch: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RuntimeError as err:
-        from jaxarch.train.nonfinite import NonFiniteError  # Imported here: `list` never loads JAX.
+        from jaxarch.train.checkpoint import CheckpointReadError  # Imported here: `list` never loads JAX.
+        from jaxarch.train.nonfinite import NonFiniteError
 
+        if isinstance(err, CheckpointReadError):
+            print(f"jaxarch: error: {err}", file=sys.stderr)
+            return EXIT_FAILURE
         if not isinstance(err, NonFiniteError):
             raise
         if err.__cause__ is not None:  # jax_debug_nans: the traceback shows where the NaN arose
             traceback.print_exception(err.__cause__, file=sys.stderr)
         print(f"jaxarch: error: {err}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except Exception as err:
+        from jaxarch.train.signals import Interrupted
+
+        if not isinstance(err, Interrupted):
+            raise
+        print(f"jaxarch: {err}", file=sys.stderr)
+        return err.exit_status
 
 
 if __name__ == "__main__":

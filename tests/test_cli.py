@@ -106,3 +106,14 @@ def test_run_help_documents_the_exit_statuses(capsys):
     out = capsys.readouterr().out
     assert "143, 130  stopped by SIGTERM, SIGINT" in out and "--allow-config-change" in out
     assert "a work directory another run holds" in out
+
+
+def test_ctrl_c_before_a_run_handles_it_is_exit_130_without_a_traceback(monkeypatch, capsys):
+    from jaxarch import experiments
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "get_config", interrupted)
+    assert main(["run", "mnist1d-logreg"]) == 130
+    assert capsys.readouterr().err == "jaxarch: stopped by SIGINT\n"

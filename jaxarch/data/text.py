@@ -37,11 +37,33 @@ def stdlib_source(max_chars: int) -> str:
 
 
 def read_text_file(text_file: str, max_chars: int) -> str:
+    """The first `max_chars` characters of a UTF-8 text file. A file that is not UTF-8, or holds NUL bytes (a
+    binary file: executables, images and archives are mostly valid bytes in some encoding, but never free of
+    NULs), is an error, not a corpus of replacement characters."""
     path = Path(text_file).expanduser()
     if not path.is_file():
         raise ValueError(f"dataset 'text': text_file {text_file!r} does not exist or is not a file, "
                          "expected a readable UTF-8 text file")
-    text = path.read_text(encoding="utf-8", errors="replace")[:max_chars]
+    try:
+        with path.open("rb") as f:
+            # Enough bytes for max_chars characters of up to 4 bytes each; a character cut at the end is dropped.
+            data = f.read(4 * max_chars)
+    except OSError as err:
+        raise ValueError(f"dataset 'text': text_file {text_file!r} cannot be read ({err.strerror}), expected a "
+                         "readable UTF-8 text file") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ValueError(f"dataset 'text': text_file {text_file!r} holds NUL bytes (the first at byte {nul}), so "
+                         "it looks like a binary file, expected a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.reason != "unexpected end of data" or err.end != len(data):
+            raise ValueError(f"dataset 'text': text_file {text_file!r} is not UTF-8 text (byte "
+                             f"{data[err.start]:#04x} at offset {err.start} {err.reason}), expected a UTF-8 text "
+                             "file") from None
+        text = data[:err.start].decode("utf-8")
+    text = text[:max_chars]
     if not text:
         raise ValueError(f"dataset 'text': text_file {text_file!r} is empty, expected some text")
     return text

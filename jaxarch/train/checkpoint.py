@@ -2,13 +2,22 @@
 
 Each checkpoint holds two items: `state` (the whole `TrainState`: parameters, optimizer state, model state,
 step and RNG key; the data position is the step, since batches are a function of `(seed, step)`) and
-`integrity` (a SHA-256 digest of the state's bytes). Orbax writes a checkpoint into a temporary directory and
-renames it only once complete, and deletes old checkpoints only after a new one is finalised, so a crash at any
-moment leaves every earlier checkpoint intact. Retention keeps the last `keep` checkpoints and the best one by
-a validation metric.
+`integrity` (SHA-256 digests of the state's shards, and the losses of the steps not yet logged). Orbax writes a
+checkpoint into a temporary directory and renames it only once complete, and deletes old checkpoints only
+after a new one is finalised, so a crash at any moment leaves every earlier checkpoint intact; temporary
+directories left by a crash or a failed write are removed when the next run starts. Retention keeps the last
+`keep` checkpoints and the best one by a validation metric.
 
-A checkpoint that cannot be read, or whose contents do not match its digest (a flipped bit restores silently
-otherwise), is reported, moved to `<workdir>/corrupt_checkpoints`, and the previous one is tried.
+Each process digests only the shards it holds (`shard_digests`: one digest per distinct shard, keyed by the
+leaf and the shard's index), so a save never gathers an array onto one host; process 0 collects the few bytes
+of every process's digests and writes them. A restore checks every saved shard that the restored layout lets
+this process see whole, which on the same mesh is all of its own.
+
+A checkpoint whose contents do not match its digests (a flipped bit restores silently otherwise), or whose
+files cannot be decoded (truncated or garbled data or metadata), is reported, moved to
+`<workdir>/corrupt_checkpoints`, and the previous one is tried. Any other failure to read it (out of memory, a
+file system error, a missing permission) may pass, so it is not taken for damage: the checkpoint stays where
+it is and `CheckpointReadError` stops the run.
 
 `load_trained_params` warm-starts a run from another run's checkpoints, reading them without changing that
 directory.
@@ -16,7 +25,10 @@ directory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import logging
 import math
 import shutil
 import sys
@@ -31,14 +43,128 @@ from jaxarch.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
 QUARANTINE = "corrupt_checkpoints"
+TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # in the names of orbax's unfinished checkpoint directories
+DIGEST_FORMAT = 2
+# TensorStore's status codes for bytes that cannot be decoded (a truncated or garbled file); other codes
+# (UNAVAILABLE, RESOURCE_EXHAUSTED, PERMISSION_DENIED, NOT_FOUND, ...) describe the reader's situation.
+_DAMAGE_CODES = ("DATA_LOSS:", "OUT_OF_RANGE:")
+_DAMAGE_TYPES = (json.JSONDecodeError, UnicodeDecodeError)
 
 
-def state_digest(state) -> str:
-    """SHA-256 over every leaf's path, dtype, shape and bytes, in tree order."""
+class _RestatedWriteErrors(logging.Filter):
+    """Drops orbax's error records (with tracebacks, one per writer thread) of file system errors, which
+    `Checkpointer` restates as one `CheckpointWriteError`; installed on orbax's logger while a Checkpointer is
+    open only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.levelno >= logging.ERROR and error is not None and _os_error(error) is not None)
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint could not be read for a reason other than damage to its files; it was left in place."""
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (a full disk, a read-only file system); earlier ones are intact."""
+
+
+def _as_array(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(leaf)
+    return leaf
+
+
+def _index_key(index: tuple, shape: tuple[int, ...]) -> str:
+    """A shard's index (slices into the global array) as text: 'start:stop' per dimension, ',' between."""
+    bounds = [slice_.indices(size)[:2] for slice_, size in zip(index, shape)]
+    return ",".join(f"{start}:{stop}" for start, stop in bounds)
+
+
+def _parse_index(key: str) -> tuple[slice, ...]:
+    return tuple(slice(*map(int, part.split(":"))) for part in key.split(",")) if key else ()
+
+
+def _piece_digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype}:{array.shape};".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def shard_digests(state) -> dict[str, dict[str, str]]:
+    """`leaf path -> {shard index -> SHA-256}` over the shards of `state` this process holds a primary copy of
+    (replica 0 of each distinct index), each copied to the host alone: no array is gathered or assembled."""
+    digests = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        leaf = _as_array(leaf)
+        entries = {}
+        if isinstance(leaf, jax.Array):
+            for shard in leaf.addressable_shards:
+                if shard.replica_id == 0:
+                    entries[_index_key(shard.index, leaf.shape)] = _piece_digest(np.asarray(shard.data))
+        else:
+            array = np.asarray(leaf)
+            entries[_index_key((slice(None),) * array.ndim, array.shape)] = _piece_digest(array)
+        digests[jax.tree_util.keystr(path)] = entries
+    return digests
+
+
+def _gather_digests(local: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Every process's `shard_digests`, merged (on every process): a few bytes per shard cross the network."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    encoded = np.frombuffer(json.dumps(local, sort_keys=True).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(encoded.size))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:encoded.size] = encoded
+    everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    merged: dict[str, dict[str, str]] = {}
+    for row, length in zip(everyone, lengths):
+        for path, entries in json.loads(row[:length].tobytes().decode()).items():
+            merged.setdefault(path, {}).update(entries)
+    return merged
+
+
+def verify_shards(state, saved: dict[str, dict[str, str]]) -> tuple[list[str], int]:
+    """Checks `state` against saved shard digests: returns the mismatching `path[index]`s and how many saved
+    shards this process could not see whole in the restored layout (checked by another process, or by none
+    when the layout changed so that no process holds that region in one piece)."""
+    flat = {jax.tree_util.keystr(path): _as_array(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    if flat.keys() != saved.keys():
+        return [f"leaves {sorted(flat.keys() ^ saved.keys())[:3]}"], 0
+    mismatches, unchecked = [], 0
+    for path, entries in saved.items():
+        leaf = flat[path]
+        whole = np.asarray(leaf) if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable else None
+        shards = [] if whole is not None else [(_parse_index(_index_key(s.index, leaf.shape)), s)
+                                               for s in leaf.addressable_shards]
+        for key, expected in entries.items():
+            region = _parse_index(key)
+            if whole is not None:
+                piece = whole[region]
+            else:
+                holder = next(((bounds, shard) for bounds, shard in shards
+                               if all(b.start <= r.start and r.stop <= b.stop for b, r in zip(bounds, region))), None)
+                if holder is None:
+                    unchecked += 1
+                    continue
+                bounds, shard = holder
+                piece = np.asarray(shard.data)[tuple(slice(r.start - b.start, r.stop - b.start)
+                                                     for b, r in zip(bounds, region))]
+            if _piece_digest(piece) != expected:
+                mismatches.append(f"{path}[{key}]")
+    return mismatches, unchecked
+
+
+def legacy_state_digest(state) -> str:
+    """The digest of checkpoints written before per-shard digests: SHA-256 over every leaf's path, dtype,
+    shape and bytes, in tree order (gathering split arrays, as those checkpoints did)."""
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
+        leaf = _as_array(leaf)
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             # Split across processes: every process gathers the whole array, in the same order, so all agree.
             from jax.experimental import multihost_utils
@@ -87,6 +213,12 @@ class Checkpointer:
             best_fn=self._metric if best_metric is not None else None,
             best_mode="max" if higher_is_better else "min",
             preservation_policy=policies.AnyPreservationPolicy(retained))
+        self.restored_notes: dict = {}
+        self._in_flight: int | None = None
+        self._write_failed = False  # then `close` removes what the failed save's other writer threads left
+        self._log_filter = _RestatedWriteErrors()
+        logging.getLogger("absl").addFilter(self._log_filter)
+        self.remove_temporary()
         self.manager = ocp.CheckpointManager(
             self.workdir / CHECKPOINTS, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()})
@@ -102,7 +234,9 @@ class Checkpointer:
 
     def restore(self, template: TrainState) -> tuple[TrainState, int] | None:
         """The newest checkpoint that reads back intact, restored into the structure of `template`, and its
-        step; None if there is none. Damaged checkpoints on the way are reported and quarantined."""
+        step; None if there is none. Damaged checkpoints on the way are reported and quarantined; any other
+        failure to read one raises `CheckpointReadError` and leaves it in place. The notes saved with the
+        restored checkpoint are in `restored_notes`."""
         for step in reversed(self.all_steps()):
             problem = self._incompatible_or_unreadable(step, template)
             if problem is None:
@@ -110,14 +244,45 @@ class Checkpointer:
                 try:
                     restored = self.manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), integrity=ocp.args.JsonRestore()))
-                except Exception as err:  # noqa: BLE001 - any failure to read is damage; the next one is tried
-                    problem = f"it cannot be read ({type(err).__name__}: {_first_line(err)})"
+                except Exception as err:  # noqa: BLE001 - sorted into damage and everything else
+                    if not _is_damage(err):
+                        raise self._read_error(step, err) from err
+                    problem = f"it cannot be decoded ({_cause_line(err)})"
                 else:
-                    if state_digest(restored.state) == restored.integrity.get("sha256"):
+                    problem = self._mismatch(restored.state, restored.integrity)
+                    if problem is None:
+                        self.restored_notes = dict(restored.integrity.get("notes") or {})
                         return restored.state, step
-                    problem = "its contents do not match the digest written with it"
             self._quarantine(step, problem)
         return None
+
+    def _mismatch(self, state, integrity) -> str | None:
+        """Why `state` does not match the digests saved with it, or None; every process reaches the same
+        answer (a mismatch on any process is a mismatch)."""
+        if not isinstance(integrity, dict):
+            problem = "its integrity record is not a JSON object"
+        elif "shards" in integrity:
+            mismatches, _ = verify_shards(state, integrity["shards"])
+            problem = (f"its contents do not match the digests written with it ({', '.join(mismatches[:3])})"
+                       if mismatches else None)
+        elif "sha256" in integrity:  # written before per-shard digests
+            problem = (None if legacy_state_digest(state) == integrity["sha256"]
+                       else "its contents do not match the digest written with it")
+        else:
+            problem = "its integrity record holds no digest"
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(np.int32(problem is not None))
+            if problem is None and np.any(flags):
+                problem = "its contents do not match the digests written with it (seen by another process)"
+        return problem
+
+    def _read_error(self, step: int, err: Exception) -> CheckpointReadError:
+        return CheckpointReadError(
+            f"checkpoint: the checkpoint at step {step} in {self.workdir / CHECKPOINTS} could not be read "
+            f"({type(err).__name__}: {_cause_line(err)}); this is not damage to its files, so it is left in place. "
+            "Rerun once the cause has passed; if it persists, move that checkpoint's directory aside")
 
     def _incompatible_or_unreadable(self, step: int, template: TrainState) -> str | None:
         """Raises CheckpointMismatchError if the checkpoint's metadata describes another train state; returns
@@ -125,8 +290,11 @@ class Checkpointer:
         try:
             metadata = self.manager.item_metadata(step)["state"]
             saved = _leaf_signatures(metadata.tree if hasattr(metadata, "tree") else metadata)
-        except Exception as err:  # noqa: BLE001 - unreadable metadata is damage
-            return f"its metadata cannot be read ({type(err).__name__}: {_first_line(err)})"
+        except Exception as err:  # noqa: BLE001 - sorted into damage and everything else
+            if not _is_damage(err) and not isinstance(err, (AttributeError, KeyError, TypeError)):
+                raise self._read_error(step, err) from err
+            # Metadata that decodes to the wrong shape (no tree, no item) is damaged as surely as garbled bytes.
+            return f"its metadata cannot be decoded ({type(err).__name__}: {_cause_line(err)})"
         live = _leaf_signatures(template)
         if saved != live:
             differences = sorted(set(saved.items()) ^ set(live.items()))[:3]
@@ -149,8 +317,13 @@ class Checkpointer:
         while target.exists():
             target = self.workdir / QUARANTINE / f"{step}.{suffix}"
             suffix += 1
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, target)
+        if jax.process_index() == 0:  # The directory is shared: one process moves it, the others wait.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jaxarch quarantine {step}")
         self.manager.reload()
         print(f"[jaxarch] the checkpoint at step {step} is damaged: {problem}; moved it to {target} and trying "
               "the previous one", file=sys.stderr)
@@ -158,18 +331,74 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, state: TrainState, step: int, metrics: dict[str, float] | None = None) -> bool:
-        """Starts an asynchronous save of `state` at `step` (unless that step is saved already)."""
+    def save(self, state: TrainState, step: int, metrics: dict[str, float] | None = None, *,
+             notes: dict | None = None) -> bool:
+        """Starts an asynchronous save of `state` at `step` (unless that step is saved already), with `notes`
+        (JSON) beside it. A failure to write, now or of the previous save still in flight, raises
+        `CheckpointWriteError` when it is a file system error."""
         if step in self.manager.all_steps():
             return False
-        integrity = {"sha256": state_digest(state), "step": step}
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), integrity=ocp.args.JsonSave(integrity)),
-            metrics=dict(metrics or {}), force=True)
+        # Orbax waits for the previous save before starting one; waiting here first ties a failure to its step.
+        self.wait()
+        integrity = {"format": DIGEST_FORMAT, "step": step, "shards": _gather_digests(shard_digests(state)),
+                     "notes": notes or {}}
+        self._in_flight = step
+        try:
+            return self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), integrity=ocp.args.JsonSave(integrity)),
+                metrics=dict(metrics or {}), force=True)
+        except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
+            raise self._write_error(err) from None
+
+    def wait(self) -> None:
+        """Waits for a save in flight; its failure is raised as in `save`."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
+            raise self._write_error(err) from None
+        finally:
+            self._in_flight = None
+
+    def _write_error(self, err: Exception) -> Exception:
+        cause = _os_error(err)
+        if cause is None:
+            return err
+        step, self._in_flight = self._in_flight, None
+        self._write_failed = True
+        self.remove_temporary()
+        directory = self.workdir / CHECKPOINTS
+        complete = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+        kept = (f"the checkpoint at step {complete[-1]} is the newest complete one" if complete
+                else "no complete checkpoint has been written")
+        at = f" at step {step}" if step is not None else ""
+        return CheckpointWriteError(
+            f"checkpoint: writing a checkpoint{at} in {self.workdir / CHECKPOINTS} failed "
+            f"({cause.strerror or type(cause).__name__}), expected a writable file system with free space; "
+            f"{kept}, and the same command resumes from it once space is freed")
+
+    def remove_temporary(self) -> None:
+        """Removes the temporary directories of unfinished saves (a crash, a kill, a failed write). Only the
+        lock's holder calls this, so no live save owns them."""
+        if self.read_only or jax.process_index() != 0:
+            return
+        directory = self.workdir / CHECKPOINTS
+        for leftover in directory.glob(f"*{TEMPORARY_MARK}*") if directory.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for a save in flight and releases orbax's threads, also when the save failed."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception as err:  # noqa: BLE001 - a failed save may surface again here; reported once
+                if _os_error(err) is None:
+                    raise
+            finally:
+                logging.getLogger("absl").removeFilter(self._log_filter)
+                if self._write_failed:
+                    self.remove_temporary()
 
 
 def load_trained_params(workdir: str | Path, template: TrainState) -> tuple[TrainState, int]:
@@ -195,6 +424,35 @@ def load_trained_params(workdir: str | Path, template: TrainState) -> tuple[Trai
     return template.replace(params=trained.params, model_state=trained.model_state), step
 
 
-def _first_line(err: Exception) -> str:
+def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else ""
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _is_damage(err: BaseException) -> bool:
+    """Whether a failure to read says that the files' bytes cannot be decoded (see `_DAMAGE_CODES`)."""
+    return any(isinstance(e, _DAMAGE_TYPES) or str(e).lstrip().startswith(_DAMAGE_CODES) for e in _chain(err))
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The file system error behind `err` (orbax wraps its writer threads' errors), if there is one."""
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        if "No space left on device" in str(e):
+            return OSError(errno.ENOSPC, "No space left on device")
+    return None
+
+
+def _cause_line(err: BaseException) -> str:
+    """The most specific line of an error chain: TensorStore's status line rather than orbax's wrapper."""
+    lines = [_first_line(e) for e in _chain(err)]
+    return next((line for line in reversed(lines) if line), "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,14 +18,20 @@ from tqdm.auto import tqdm
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
 from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer, load_trained_params
+from jaxarch.train.distributed import workdir_lock
+from jaxarch.train.lock import LOCK_FILE
 from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_rows, make_mesh, padded_batch_size,
                                 place_batch)
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
                                      validate_config)
-from jaxarch.train.records import MetricsLog, plot_learning_curve, write_config
+from jaxarch.train.records import (CONFIG, MetricsLog, config_dict, plot_learning_curve, read_saved_config,
+                                   write_atomically, write_config)
+from jaxarch.train.resume import check_config, check_steps, config_changes, record_history
+from jaxarch.train.resume import describe as describe_changes
 from jaxarch.train.sharding import init_sharded_state, make_sharded_train_step
+from jaxarch.train.signals import Interrupted, StopRequests
 from jaxarch.train.state import TrainState, count_params
 from jaxarch.train.steps import evaluate, make_eval_step
 from jaxarch.train.tasks import TASKS
@@ -63,20 +70,52 @@ def init_state(config: ml_collections.ConfigDict, dataset, model, mesh: Mesh | N
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-                       progress: bool | None = None) -> dict:
+                       progress: bool | None = None, restart: bool = False,
+                       allow_config_change: bool = False) -> dict:
     """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
     Writes config.json, metrics.jsonl, learning_curve.png and checkpoints/ in `workdir`, and returns the
     final metrics: experiment, test metrics, params, train_seconds (the training loop's wall time, compile
     included, evaluation and checkpointing excluded), steps, steps_per_second, the best checkpoint's step and
     the mesh. Trains on the mesh of `config.mesh`; in a multi-process run every process calls this, and only
-    process 0 writes the records. A non-finite loss or gradient raises `NonFiniteError` (under
+    process 0 writes the records.
+
+    The run holds `workdir`'s lock throughout: another live run there raises `WorkdirBusyError` (a
+    `ValueError`). `restart` empties the directory first (under the lock). A resumed run whose config differs
+    from the saved one raises `ValueError` unless `allow_config_change` (see `jaxarch.train.resume`). SIGTERM
+    or SIGINT during the run finishes the step, writes a checkpoint and raises `Interrupted` (handlers are
+    installed for the run only). A non-finite loss or gradient raises `NonFiniteError` (under
     `train.nonfinite="stop"`) after the last good checkpoint has been written out.
     """
     validate_config(config)
     workdir = prepare_workdir(workdir)
-    start_wall = time.perf_counter()
+    with workdir_lock(workdir), StopRequests(num_processes=jax.process_count()) as stop:
+        if restart:
+            _clear_workdir(workdir)
+        return _train(config, workdir, progress, allow_config_change, stop)
 
+
+def _clear_workdir(workdir: Path) -> None:
+    """Deletes everything in the work directory but its lock; process 0 does it while the others wait."""
+    if jax.process_index() == 0:
+        entries = [entry for entry in workdir.iterdir() if entry.name != LOCK_FILE]
+        try:
+            for entry in entries:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError as err:
+            raise ValueError(f"workdir: --restart could not delete {str(entry)!r} ({err.strerror}), expected a "
+                             "directory this process can delete") from None
+        if entries:
+            print(f"[jaxarch] --restart: emptied {workdir}, starting from step 0", file=sys.stderr)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxarch restart")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | None, allow_config_change: bool,
+           stop: StopRequests) -> dict:
+    start_wall = time.perf_counter()
     dataset, model = build_dataset_and_model(config)
     check_model_accepts_data(config, dataset, model)
     task = TASKS.get(dataset.task)
@@ -90,19 +129,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     best_metric = f"{dataset.split_names()[0]}/{task.primary_metric}"
     checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints,
                                 best_metric=best_metric, higher_is_better=task.higher_is_better)
-    restored = checkpointer.restore(state)
-    resume_step = None
-    if restored is not None:
-        state, resume_step = restored
-        print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
-    elif train.init_from:
-        # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
-        state, source_step = load_trained_params(train.init_from, state)
-        print(f"[jaxarch] {config.name} starts from the parameters of {train.init_from} at step {source_step}",
-              file=sys.stderr)
-    if primary:
-        write_config(workdir, config)
-    log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)
+    try:  # Until the loop's own try takes over: a refusal to resume still lets orbax's threads finish.
+        restored = checkpointer.restore(state)
+        resume_step, changes, unlogged = None, {}, []
+        if restored is not None:
+            state, resume_step = restored
+            check_steps(train.steps, resume_step, workdir / CHECKPOINTS)
+            saved = read_saved_config(workdir)
+            if saved is None:
+                print(f"[jaxarch] {workdir} has no config.json to compare with; resuming with the current config",
+                      file=sys.stderr)
+            else:
+                changes = config_changes(saved, config_dict(config))
+                check_config(changes, allowed=allow_config_change, workdir=workdir)
+            # Losses of the steps after the last log record, saved with the checkpoint.
+            unlogged = [np.float32(loss) for loss in checkpointer.restored_notes.get("unlogged_losses", [])]
+            print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
+        elif train.init_from:
+            # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
+            state, source_step = load_trained_params(train.init_from, state)
+            print(f"[jaxarch] {config.name} starts from the parameters of {train.init_from} at step {source_step}",
+                  file=sys.stderr)
+        schedule = make_schedule(config.optim, train.steps)
+        if primary and (changes or resume_step is None or not (workdir / CONFIG).exists()):
+            write_config(workdir, config)
+        log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)
+        if changes:
+            _announce_changes(config, saved, workdir, resume_step, changes, schedule, primary, log)
+    except BaseException:
+        checkpointer.close()
+        raise
+    finished = resume_step == train.steps
+    if finished:
+        print(f"[jaxarch] {config.name} in {workdir} is already complete at step {resume_step}; evaluating its "
+              "final checkpoint without adding records", file=sys.stderr)
 
     skipping = train.nonfinite == "skip"
     train_step = make_sharded_train_step(task, state, mesh, skip_nonfinite=skipping, donate=not train.debug_nans)
@@ -110,27 +170,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     # Padding rows are masked out of the metrics, so evaluation may round its batch up to split evenly.
     eval_batch_size = padded_batch_size(mesh, train.eval_batch_size)
     guard = NonFiniteGuard(flag_names(state.params), train.nonfinite)
-    schedule = make_schedule(config.optim, train.steps)
     step = int(state.step)
-    pending: list[jax.Array] = []  # Per-step losses, read back only when logged so dispatch stays async.
+    pending: list = unlogged  # Per-step losses, read back only when logged so dispatch stays async.
     last_log = (step, time.perf_counter())
 
-    def run_eval(at_step: int) -> dict[str, float]:
+    def run_eval(at_step: int, record: bool = True) -> dict[str, float]:
         results = {}
         for split in dataset.split_names():
             batches = (place_batch(mesh, batch) for batch in dataset.eval_batches(split, eval_batch_size))
             for name, value in evaluate(eval_step, state, batches).items():
                 results[f"{split}/{name}"] = value
-        log.write(at_step, **results)
+        if record:
+            log.write(at_step, **results)
         return results
 
     # A context, not a global update: it overrides any setting in force and restores it afterwards.
     debug_nans = jax.debug_nans(True) if train.debug_nans else contextlib.nullcontext()
     debug_nans.__enter__()
     bar = _progress(train.steps, step, progress)
+    saved_step = resume_step
     try:
         loop_start = time.perf_counter()
         while step < train.steps:
+            if stop.should_stop(step):
+                guard.check()  # Nothing from a non-finite step is ever saved.
+                if saved_step != step and step > 0:
+                    # The losses not yet logged travel with the checkpoint, so that the resumed run's next log
+                    # record averages the same steps as an uninterrupted run's.
+                    losses = [float(loss) for loss in np.asarray(jax.device_get(pending)).reshape(-1)]
+                    jax.block_until_ready(state)
+                    checkpointer.save(state, step, None, notes={"unlogged_losses": losses})
+                checkpointer.wait()
+                raise Interrupted(stop.signum, step if step > 0 else None, str(workdir / CHECKPOINTS))
             try:
                 state, metrics = train_step(state, load_batch(mesh, dataset, seed, step, train.batch_size))
             except FloatingPointError as err:  # raised by jax_debug_nans, naming the operation
@@ -161,15 +232,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 # Evaluation and checkpoint writing are not training time.
                 jax.block_until_ready(state)
                 pause_start = time.perf_counter()
-                checkpointer.save(state, step, run_eval(step) if evaluated else None)
+                checkpointer.save(state, step, run_eval(step) if evaluated else None,
+                                  notes={"unlogged_losses": [float(x) for x in jax.device_get(pending)]})
+                saved_step = step
                 paused = time.perf_counter() - pause_start
                 loop_start += paused
                 last_log = (last_log[0], last_log[1] + paused)
         guard.check()
         jax.block_until_ready(state)
         train_seconds = time.perf_counter() - loop_start
-        final = run_eval(train.steps)
+        # A signal after the last step lets the final evaluation and checkpoint finish: the run is complete.
+        final = run_eval(train.steps, record=not finished)
         checkpointer.save(state, train.steps, final)
+        checkpointer.wait()
     except NonFiniteError as err:
         err.last_checkpoint, err.checkpoint_dir = checkpointer.latest_step(), str(workdir / CHECKPOINTS)
         raise
@@ -188,13 +263,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         "params": count_params(state.params),
         "steps": train.steps,
         "train_seconds": round(train_seconds, 2),
-        "steps_per_second": round(trained_steps / train_seconds, 2) if train_seconds > 0 else None,
+        "steps_per_second": round(trained_steps / train_seconds, 2) if train_seconds > 0 and trained_steps else None,
         "wall_seconds": round(time.perf_counter() - start_wall, 2),
         "resumed_from": resume_step,
         "mesh": describe(mesh),
         "best_checkpoint_step": checkpointer.best_step(),
         "workdir": str(workdir),
     }
+    if changes:
+        result["config_changes"] = {key: {"saved": old, "new": new} for key, (old, new) in changes.items()}
     if skipping:
         result["skipped_steps"] = int(state.skipped_steps)
     if jax.process_count() > 1:  # The rows of each batch this process loaded.
@@ -205,6 +282,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     return result
 
 
+def _announce_changes(config: ml_collections.ConfigDict, saved: dict, workdir: Path, resume_step: int,
+                      changes: dict, schedule, primary: bool, log: MetricsLog) -> None:
+    """Reports allowed config changes on stderr and records them (config_history.jsonl and a `config_change`
+    record in metrics.jsonl at the resume step). The learning-rate schedule is recomputed for the new config
+    as if the run had started with it; when `train.steps` or an `optim` key changed, the rate at the resume
+    step under the saved schedule and under the new one are both reported, since the step between them is
+    what the change does to training."""
+    print(f"[jaxarch] resuming {workdir} at step {resume_step} with config changes: {describe_changes(changes)}",
+          file=sys.stderr)
+    marker = {"config_change": {key: {"saved": old, "new": new} for key, (old, new) in changes.items()}}
+    touched = [key for key in changes if key == "train.steps" or key.startswith("optim.")]
+    if touched:
+        old_optim = ml_collections.ConfigDict({**config.optim.to_dict(), **saved.get("optim", {})})
+        old_steps = saved.get("train", {}).get("steps", config.train.steps)
+        try:
+            before = float(make_schedule(old_optim, old_steps)(resume_step))
+        except (ValueError, TypeError, KeyError):
+            before = math.nan
+        after = float(schedule(resume_step))
+        marker["train/learning_rate_before"], marker["train/learning_rate_after"] = before, after
+        print(f"[jaxarch] the learning-rate schedule is recomputed for the new config: at step {resume_step} the "
+              f"rate goes from {before:.3g} (saved schedule) to {after:.3g} (new schedule)", file=sys.stderr)
+    if primary:
+        record_history(workdir, resume_step, changes)
+        log.write(resume_step, **marker)
 def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState, workdir: Path) -> str | None:
     """For language models (configs with a `sample` section and a dataset that decodes ids): a text sample,
     written to sample.txt and shown on stderr."""
@@ -218,6 +320,6 @@ def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState,
                               window=dataset.seq_len, rng=jax.random.PRNGKey(config.seed),
                               temperature=config.sample.temperature)
     text = config.sample.prompt + dataset.decode(ids)
-    (workdir / "sample.txt").write_text(text)
+    write_atomically(workdir / "sample.txt", text)
     print(f"[jaxarch] sample from {config.name}:\n{text}", file=sys.stderr)
     return text

@@ -1,4 +1,7 @@
-"""A run's files in its work directory: config.json, metrics.jsonl and learning_curve.png."""
+"""A run's files in its work directory: config.json, config_history.jsonl, metrics.jsonl and learning_curve.png.
+
+Every write that fails (a full disk, a file made read-only) becomes a `ValueError` naming the file and the
+reason, and leaves no temporary file behind; the file it replaces stays as it was."""
 
 from __future__ import annotations
 
@@ -11,20 +14,82 @@ from pathlib import Path
 import ml_collections
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replaces `path` with `text` in one rename, so a crash leaves the old file or the new one, never half."""
+CONFIG = "config.json"
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def write_failed(path: Path, err: OSError) -> ValueError:
+    """The error for a record that could not be written: the file, the reason, and what to do."""
+    return ValueError(f"workdir: could not write {str(path)!r} ({err.strerror or type(err).__name__}), expected a "
+                      "writable file system with free space; free some space or choose another --workdir")
+
+
+def write_atomically(path: Path, text: str | bytes | None = None, *, writer=None) -> None:
+    """Replaces `path` with `text` (or what `writer(temporary_path)` writes) in one rename, so a crash leaves
+    the old file or the new one, never half; a failed write removes its temporary file."""
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        if writer is not None:
+            writer(temporary)
+        elif isinstance(text, bytes):
+            temporary.write_bytes(text)
+        else:
+            temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise write_failed(path, err) from None
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+    """The config as config.json holds it (tuples become lists), so saved and live configs compare equal."""
+    return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    write_atomically(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
+    write_atomically(workdir / CONFIG, json.dumps(config_dict(config), indent=2, sort_keys=True))
+
+
+def read_saved_config(workdir: Path) -> dict | None:
+    """The config.json of an earlier run in `workdir`, or None if it has none; a damaged one is an error."""
+    path = workdir / CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"workdir: {str(path)!r} cannot be read ({getattr(err, 'strerror', None) or err}), "
+                         "expected the config.json of the run being resumed; use --restart to start over") from None
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise ValueError(f"workdir: {str(path)!r} is not a JSON object, expected the config.json of the run being "
+                         "resumed; use --restart to start over")
+    return saved
+
+
+def append_line(path: Path, text: str) -> None:
+    """Appends one line; a failure is reported as `write_failed`. A line cut short by a full disk or a crash is
+    dropped when the file is next read (`MetricsLog`)."""
+    try:
+        with path.open("a") as f:
+            f.write(text + "\n")
+    except OSError as err:
+        raise write_failed(path, err) from None
+
+
+def is_record(value) -> bool:
+    """A metrics.jsonl record: a JSON object with an integer `step` >= 0."""
+    return (isinstance(value, dict) and isinstance(value.get("step"), int) and not isinstance(value["step"], bool)
+            and value["step"] >= 0)
 
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl; on resume, drops records after the resumed step so
-    that no step appears twice, and a last line cut short by a crash. `enabled=False` writes nothing (the
+    that no step appears twice. Any line that is not a record (cut short by a crash, random bytes, valid JSON
+    of another shape) is skipped with a message naming the file and line. `enabled=False` writes nothing (the
     processes of a multi-process run other than the first, which share its work directory)."""
 
     def __init__(self, path: Path, resume_step: int | None, *, enabled: bool = True):
@@ -38,27 +103,38 @@ class MetricsLog:
             kept = [line for line, record in self._parsed_lines() if record["step"] <= resume_step]
             write_atomically(path, "".join(line + "\n" for line in kept))
 
-    def _parsed_lines(self) -> list[tuple[str, dict]]:
+    def _parsed_lines(self, report: bool = True) -> list[tuple[str, dict]]:
+        try:
+            data = self.path.read_bytes()
+        except OSError as err:
+            raise ValueError(f"workdir: {str(self.path)!r} cannot be read ({err.strerror}), expected the run's "
+                             "metrics log; use --restart to start over") from None
         parsed = []
-        for line in self.path.read_text().splitlines():
-            if not line.strip():
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
                 continue
             try:
-                parsed.append((line, json.loads(line)))
-            except json.JSONDecodeError:
-                print(f"[jaxarch] {self.path}: dropping an incomplete line {line[:60]!r}", file=sys.stderr)
+                line = raw.decode("utf-8")
+                record = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                line, record = raw.decode("utf-8", errors="replace"), None
+            if is_record(record):
+                parsed.append((line, record))
+            elif report:
+                print(f"[jaxarch] {self.path}:{number}: skipping a line that is not a metrics record "
+                      f"({line[:60]!r})", file=sys.stderr)
         return parsed
 
-    def write(self, step: int, **values: float) -> None:
+    def write(self, step: int, **values) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in values.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
     def records(self) -> list[dict]:
-        return [record for _, record in self._parsed_lines()]
+        """The records in the file now (lines that are not records were reported when the log was opened)."""
+        return [record for _, record in self._parsed_lines(report=False)]
 
 
 def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
@@ -82,5 +158,7 @@ def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
             ax.set_yscale("log")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomically(path, writer=lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
