@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxarch.layers import attention as attention_lib
+from jaxarch.layers import attention_dispatch, attention_xla
 from jaxarch.layers.attention import (MultiHeadAttention, causal_mask, combine_masks, dot_product_attention,
                                       padding_mask, sliding_window_mask)
 from jaxarch.layers.position import (LearnedPositionEmbedding, RelativePositionBias, RoPEConfig, alibi_bias,
@@ -138,7 +139,7 @@ def test_causal_xla_attention_by_query_chunks_matches_reference_in_both_modes(mo
     """Causal "xla" attention computes only the lower staircase of the logits, one query chunk at a time (chunks
     shrunk to 2 rows here, so 5 queries make 3 chunks against 7 keys): values and reverse-mode gradients match the
     float64 reference, and forward mode equals the unchunked path given the same causal mask densely."""
-    monkeypatch.setattr(attention_lib, "CAUSAL_QUERY_CHUNK", 2)
+    monkeypatch.setattr(attention_xla, "CAUSAL_QUERY_CHUNK", 2)
     assert attention_lib._causal_chunks(TQ) == [(0, 2), (2, 4), (4, 5)]
     kwargs, mask, _ = _case("causal_lengths_head_mask")
     dense = dict(kwargs, is_causal=False, mask=kwargs["mask"] & causal_mask(TQ, TK))
@@ -288,7 +289,7 @@ def test_implementation_none_picks_blockwise_for_large_logits(monkeypatch):
     is_blockwise = lambda **kw: "custom_vjp" in str(jax.make_jaxpr(
         lambda q, k, v: dot_product_attention(q, k, v, **kw))(q, k, v))
     assert not is_blockwise()
-    monkeypatch.setattr(attention_lib, "BLOCKWISE_MIN_LOGITS_BYTES", 0)
+    monkeypatch.setattr(attention_dispatch, "BLOCKWISE_MIN_LOGITS_BYTES", 0)
     assert is_blockwise()
     assert not is_blockwise(return_weights=True)  # only xla can return weights
 
@@ -371,7 +372,7 @@ def _projection_reference(params, x, num_heads, num_kv_heads, mask):
 
 def test_mha_matches_float64_reference_and_sows_weights():
     x = _tokens()
-    model = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=3, out_features=11)
+    model = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=3, out_features=11, sow_weights=True)
     params = init_variables(model, x)["params"]
     assert params["query"]["kernel"].shape == (F, 4, 3) and params["key"]["kernel"].shape == (F, 2, 3)
 
