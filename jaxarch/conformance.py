@@ -2,8 +2,9 @@
 
 Each registered `Case` is run through the same checks: jit equals eager, `vmap` over an extra leading axis,
 gradients finite and equal to finite differences, bfloat16 compute finite and close to float32, no retrace on
-a second call with the same shapes, strict rank promotion throughout, and one `ValueError` naming the module for
-each kind of bad input it lists. A new layer or model joins the suite by being registered here; the suite also
+a second call with the same shapes, strict rank promotion throughout, parameters initialised under
+`nn.logical_axis_rules` (boxed, as the sharding recipe of Flax and MaxText makes them) applying exactly as plain
+ones, and one `ValueError` naming the module for each kind of bad input it lists. A new layer or model joins the suite by being registered here; the suite also
 fails if a name in `jaxarch.layers.__all__` or in `MODELS` has no case and no entry in `NOT_CASES`.
 
 Example sizes are small and all different (3, 5, 7, ...) so that a swapped axis shows.
@@ -11,6 +12,7 @@ Example sizes are small and all different (3, 5, 7, ...) so that a swapped axis 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxarch import layers
+from jaxarch.layers.partitioning import AXIS_NAMES
 from jaxarch.models import build_model
 from jaxarch.registry import Registry
 
@@ -69,18 +72,20 @@ class Case:
     differentiable: tuple[int, ...] | None = (0,)
     invalid: dict[str, Callable[[Args], Args]] = dataclasses.field(default_factory=dict)
 
-    def subject(self, dtype=None, params=None, seed: int = 0) -> Subject:
+    def subject(self, dtype=None, params=None, seed: int = 0, logical_axes: bool = False) -> Subject:
         """The computation in compute `dtype` on example arguments drawn from `seed`, with `params` (by default
         initialised from `seed`; parameters are stored in float32 whatever the compute dtype, so one set
-        serves every dtype)."""
+        serves every dtype). `logical_axes`: initialise under `LOGICAL_AXIS_RULES`, so that parameters that
+        declare logical axes arrive boxed (`nn.LogicallyPartitioned`)."""
         args = self.example(np.random.default_rng(seed), dtype or jnp.float32)
         if self.build is None:
             return Subject(lambda params, *a: self.function(*self._positional(a), **self._keywords(a)), {}, args)
         module = self.build(dtype)
         if params is None:
             # Jitted: initialising op by op compiles every initialiser separately, several times slower.
-            params = jax.jit(lambda key, *a: module.init(key, *self._positional(a), **self._keywords(a)))(
-                jax.random.PRNGKey(seed), *args)
+            init = jax.jit(lambda key, *a: module.init(key, *self._positional(a), **self._keywords(a)))
+            with nn.logical_axis_rules(LOGICAL_AXIS_RULES) if logical_axes else contextlib.nullcontext():
+                params = init(jax.random.PRNGKey(seed), *args)
         return Subject(lambda params, *a: module.apply(params, *self._positional(a), **self._keywords(a)),
                        params, args)
 
@@ -93,6 +98,9 @@ class Case:
 
 
 CASES: Registry[Case] = Registry("conformance case")
+
+# Every logical axis name, mapped to no mesh axis: parameters are boxed with their names, nothing is sharded.
+LOGICAL_AXIS_RULES = tuple((name, None) for name in AXIS_NAMES)
 
 
 def _normal(rng: np.random.Generator, shape, dtype) -> jax.Array:
