@@ -12,7 +12,6 @@ Example sizes are small and all different (3, 5, 7, ...) so that a swapped axis 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -72,22 +71,35 @@ class Case:
     differentiable: tuple[int, ...] | None = (0,)
     invalid: dict[str, Callable[[Args], Args]] = dataclasses.field(default_factory=dict)
 
-    def subject(self, dtype=None, params=None, seed: int = 0, logical_axes: bool = False) -> Subject:
+    def subject(self, dtype=None, params=None, seed: int = 0) -> Subject:
         """The computation in compute `dtype` on example arguments drawn from `seed`, with `params` (by default
         initialised from `seed`; parameters are stored in float32 whatever the compute dtype, so one set
-        serves every dtype). `logical_axes`: initialise under `LOGICAL_AXIS_RULES`, so that parameters that
-        declare logical axes arrive boxed (`nn.LogicallyPartitioned`)."""
+        serves every dtype)."""
         args = self.example(np.random.default_rng(seed), dtype or jnp.float32)
         if self.build is None:
             return Subject(lambda params, *a: self.function(*self._positional(a), **self._keywords(a)), {}, args)
         module = self.build(dtype)
         if params is None:
             # Jitted: initialising op by op compiles every initialiser separately, several times slower.
-            init = jax.jit(lambda key, *a: module.init(key, *self._positional(a), **self._keywords(a)))
-            with nn.logical_axis_rules(LOGICAL_AXIS_RULES) if logical_axes else contextlib.nullcontext():
-                params = init(jax.random.PRNGKey(seed), *args)
+            params = jax.jit(lambda key, *a: module.init(key, *self._positional(a), **self._keywords(a)))(
+                jax.random.PRNGKey(seed), *args)
         return Subject(lambda params, *a: module.apply(params, *self._positional(a), **self._keywords(a)),
                        params, args)
+
+    def logically_boxed(self, params, seed: int = 0):
+        """`(abstract, boxed)`: `init` on the float32 example traced under `LOGICAL_AXIS_RULES` (`jax.eval_shape`,
+        no compile), whose parameters that declare logical axes are `nn.LogicallyPartitioned` boxes of shapes,
+        and `params` (a plain tree, e.g. `subject().params`) put into those boxes, as such an `init` returns
+        them. The values are those of an `init` under the rules from the same key: the rules add names, never
+        randomness."""
+        args = self.example(np.random.default_rng(seed), jnp.float32)
+        module = self.build(None)
+        with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+            abstract = jax.eval_shape(lambda key: module.init(key, *self._positional(args), **self._keywords(args)),
+                                      jax.random.PRNGKey(seed))
+        boxed = jax.tree.map(lambda box, value: box.replace_boxed(value) if isinstance(box, nn.Partitioned) else value,
+                             abstract, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        return abstract, boxed
 
     def _positional(self, args: Args) -> Args:
         return args[:len(args) - len(self.keyword_args)]

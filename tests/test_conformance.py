@@ -145,17 +145,17 @@ def _boxes(tree):
 @pytest.mark.parametrize("name", BUILT)
 def test_parameters_initialised_under_logical_axis_rules_apply_as_the_plain_ones(name):
     """The Flax/MaxText sharding recipe: `with nn.logical_axis_rules(rules): params = model.init(...)` returns
-    `nn.LogicallyPartitioned` boxes; once unboxed they are the plain tree, and applying the boxed tree works and
-    gives the same output."""
+    `nn.LogicallyPartitioned` boxes; unboxed, they are the plain tree (structure, shapes, dtypes), and applying
+    the boxed tree works and gives the same output."""
     plain = subject(name)
-    boxed = CASES.get(name).subject(logical_axes=True)
-    assert_trees_close(nn.unbox(boxed.params), plain.params, rtol=0, atol=0)
-    assert_trees_close(jax.jit(boxed.fn)(boxed.params, *boxed.args), jax.jit(plain.fn)(plain.params, *plain.args),
+    abstract, boxed = CASES.get(name).logically_boxed(plain.params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(nn.unbox(abstract), plain.params)
+    assert_trees_close(jax.jit(plain.fn)(boxed, *plain.args), jax.jit(plain.fn)(plain.params, *plain.args),
                        rtol=0, atol=0)
 
 
 def test_layers_that_declare_logical_axes_are_boxed_under_the_rules():
     """The check above is not vacuous: attention, the Transformer blocks and the models box their parameters."""
     for name in ("MultiHeadAttention", "MLPBlock", "EncoderBlock", "TransformerDecoder", "model:gpt"):
-        assert _boxes(CASES.get(name).subject(logical_axes=True).params), name
+        assert _boxes(CASES.get(name).logically_boxed(subject(name).params)[1]), name
         assert not _boxes(subject(name).params), name
