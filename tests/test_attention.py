@@ -390,6 +390,21 @@ def test_mha_matches_float64_reference_and_sows_weights():
     np.testing.assert_array_equal(sown, weights)
 
 
+def test_mha_mutable_intermediates_alone_keeps_the_kernel_and_sows_nothing(monkeypatch):
+    """A mutable "intermediates" collection (e.g. for another module's `sow`) never switches attention to the
+    materialised-weights kernel; `sow_weights=True` does, explicitly."""
+    monkeypatch.setattr(attention_dispatch, "BLOCKWISE_MIN_LOGITS_BYTES", 0)  # implementation None: blockwise
+    x = _tokens()
+    model = MultiHeadAttention(num_heads=2)
+    params = init_variables(model, x)["params"]
+    jaxpr = lambda model, **kw: str(jax.make_jaxpr(lambda p: model.apply({"params": p}, x, is_causal=True, **kw))(
+        params))
+    assert "custom_vjp" in jaxpr(model) and "custom_vjp" in jaxpr(model, mutable=["intermediates"])
+    assert "custom_vjp" not in jaxpr(model.clone(sow_weights=True), mutable=["intermediates"])
+    _, state = jax.eval_shape(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]), params)
+    assert state == {}
+
+
 def test_mha_grouped_query_equals_multi_head_with_repeated_kv_projections():
     x = _tokens(1)
     grouped = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=3)
@@ -506,6 +521,12 @@ def test_mha_invalid_configurations_raise_value_error():
         (MultiHeadAttention(num_heads=2), x, dict(mask=jnp.ones((B, 1, TK, 3), bool)),
          "mask shape is (2, 1, 7, 3), expected broadcastable to (2, 2, 7, 7)"),
         (MultiHeadAttention(num_heads=2, implementation="cudnn"), x, {}, "backend 'cpu', expected a GPU"),
+        (MultiHeadAttention(num_heads=2, sow_weights=True, implementation="blockwise"), x, {},
+         "MultiHeadAttention: sow_weights with implementation is 'blockwise', expected implementation None or 'xla'"),
+        (MultiHeadAttention(num_heads=2, dropout_rate=0.1), x, {},
+         "MultiHeadAttention: deterministic is None with dropout_rate=0.1"),
+        (MultiHeadAttention(num_heads=2, dropout_rate=0.1, deterministic=False), x, dict(deterministic=True),
+         "MultiHeadAttention: deterministic is given both as a field (False) and as a call argument (True)"),
     ]
     for model, inputs, kwargs, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
