@@ -79,8 +79,6 @@ class MultiHeadAttention(nn.Module):
     out_features: int | None = None  # None: query features
     qk_norm: bool | str = False  # True / "layernorm": LayerNorm on q and k per head (Dehghani et al. 2023); "rmsnorm"
     dropout_rate: float = 0.0  # dropout on the attention weights
-    deterministic: bool | None = None  # or given to __call__; required (one or the other) with dropout_rate > 0
-    sow_weights: bool = False  # sow the weights as intermediates/attention_weights (computes them: "xla" only)
     use_bias: bool = True  # biases of the q/k/v/out projections
     implementation: str | None = None  # see `dot_product_attention`
     chunk_size: int = 512  # query and key chunk length of the "blockwise" implementation
@@ -91,6 +89,8 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
+    deterministic: bool | None = None  # or given to __call__; required (one or the other) with dropout_rate > 0
+    sow_weights: bool = False  # sow the weights as intermediates/attention_weights (computes them: "xla" only)
 
     def _dense(self, features, axis, name, kernel_axes, bias_axes):
         """`kernel_axes`, `bias_axes`: logical axis names of the kernel and bias (see `layers.partitioning`)."""

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jaxarch.checks import (check_floating, check_positive_ints, check_rank, check_size_as_at_init, fail,
                             resolve_deterministic)
 from jaxarch.layers.attention import MultiHeadAttention
-from jaxarch.layers.masks import check_mask_and_bias
 from jaxarch.layers.dense import flat_dot_general
+from jaxarch.layers.masks import check_mask_and_bias
 from jaxarch.layers.partitioning import EMBED, LAYERS, MLP, with_axes
 from jaxarch.layers.position import RoPEConfig
 
@@ -53,11 +53,11 @@ class MLPBlock(nn.Module):
     hidden_features: int | None = None  # overrides mlp_ratio when given
     out_features: int | None = None  # None: input features
     dropout_rate: float = 0.0
-    deterministic: bool | None = None  # or given to __call__; required (one or the other) with dropout_rate > 0
     use_bias: bool = True
     dtype: Dtype | None = None  # compute dtype; None: the inputs' dtype
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.xavier_uniform()  # as the ViT / flax examples MLP
+    deterministic: bool | None = None  # or given to __call__; required (one or the other) with dropout_rate > 0
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool | None = None):
@@ -92,9 +92,6 @@ class _BlockFields(nn.Module):
     mlp_ratio: float = 4.0
     dropout_rate: float = 0.0  # on each residual branch and inside the MLP
     attention_dropout_rate: float = 0.0  # on the attention weights
-    # With any dropout rate above 0, given here or to __call__ (one or the other); the stacks pass theirs down.
-    deterministic: bool | None = None
-    sow_weights: bool = False  # every attention sows its weights (intermediates/attention_weights; "xla" kernel)
     qk_norm: bool | str = False  # see MultiHeadAttention
     rope: bool | RoPEConfig | None = None  # rotary embeddings in self-attention
     implementation: str | None = None  # attention kernel, see dot_product_attention
@@ -102,6 +99,9 @@ class _BlockFields(nn.Module):
     layer_norm_epsilon: float = 1e-6
     dtype: Dtype | None = None  # compute dtype; LayerNorm statistics and softmax stay float32
     param_dtype: Dtype = jnp.float32
+    # With any dropout rate above 0, given here or to __call__ (one or the other); the stacks pass theirs down.
+    deterministic: bool | None = None
+    sow_weights: bool = False  # every attention sows its weights (intermediates/attention_weights; "xla" kernel)
 
     def _deterministic(self, module: str, argument: bool | None) -> bool:
         return resolve_deterministic(module, self.deterministic, argument,

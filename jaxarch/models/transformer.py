@@ -62,8 +62,8 @@ class _StackFields(nn.Module):
     implementation: str | None = None  # attention kernel, see dot_product_attention
     scan_layers: bool = False  # nn.scan over stacked layer parameters: compile time independent of depth
     remat: bool = False  # recompute each block's activations in the backward pass
-    sow_weights: bool = False  # every attention sows intermediates/attention_weights (runs the "xla" kernel)
     dtype: jnp.dtype | None = None  # compute dtype; parameters, LayerNorm statistics and softmax stay float32
+    sow_weights: bool = False  # every attention sows intermediates/attention_weights (runs the "xla" kernel)
 
     def _stack_kwargs(self) -> dict:
         return dict(num_layers=self.num_layers, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
