@@ -4,8 +4,9 @@ Each registered `Case` is run through the same checks: jit equals eager, `vmap` 
 gradients finite and equal to finite differences, bfloat16 compute finite and close to float32, no retrace on
 a second call with the same shapes, strict rank promotion throughout, parameters initialised under
 `nn.logical_axis_rules` (boxed, as the sharding recipe of Flax and MaxText makes them) applying exactly as plain
-ones, and one `ValueError` naming the module for each kind of bad input it lists. A new layer or model joins the suite by being registered here; the suite also
-fails if a name in `jaxarch.layers.__all__` or in `MODELS` has no case and no entry in `NOT_CASES`.
+ones, and one `ValueError` naming the module for each kind of bad input it lists. A new layer or model joins the
+suite by being registered here; the suite also fails if a name in `jaxarch.layers.__all__` or in `MODELS` has no
+case and no entry in `NOT_CASES`.
 
 Example sizes are small and all different (3, 5, 7, ...) so that a swapped axis shows.
 """

@@ -18,10 +18,10 @@ from jax import lax
 
 from jaxarch.checks import (check_axis_size, check_floating, check_positive_ints, check_rank, check_size_as_at_init,
                             fail, resolve_deterministic)
-from jaxarch.layers.attention_cudnn import cudnn_unsupported as _cudnn_unsupported
+from jaxarch.layers.attention_cudnn import cudnn_unsupported as _cudnn_unsupported  # noqa: F401 (kept importable)
 from jaxarch.layers.attention_dispatch import BLOCKWISE_MIN_LOGITS_BYTES, IMPLEMENTATIONS, dot_product_attention
 from jaxarch.layers.attention_xla import CAUSAL_MAX_CHUNKS, CAUSAL_QUERY_CHUNK
-from jaxarch.layers.attention_xla import causal_chunks as _causal_chunks
+from jaxarch.layers.attention_xla import causal_chunks as _causal_chunks  # noqa: F401 (kept importable)
 from jaxarch.layers.dense import flat_dot_general
 from jaxarch.layers.masks import (MaskSpec, causal_mask, check_mask_and_bias, combine_masks, padding_mask,
                                   sliding_window_mask)
