@@ -53,8 +53,9 @@ def reference_attention(q, k, v, mask):
 
 
 def test_window_rows_past_the_last_key_return_zeros_in_every_kernel():
-    """6 queries, 2 keys, causal window of 2: rows 3-5 see no key (their window ends before key 0... 1 begins), so
-    they return zeros, whichever kernel runs (the "xla" kernel used to return the mean of the values)."""
+    """6 queries, 2 keys, window of 2: the window of row `i` starts at key `i - 1`, past the last key (1) from row 3
+    on, so rows 3-5 see no key and return zeros whichever kernel runs (the "xla" kernel used to return the mean of
+    the values, as if every key were visible)."""
     q, k, v = jnp.ones((1, 6, 1, 4)), jnp.ones((1, 2, 1, 4)), jnp.ones((1, 2, 1, 4))
     for implementation in ("xla", "blockwise"):
         for is_causal in (True, False):
