@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from flax.core import meta
 
 
 def fail(module: str, what: str, got, expected) -> None:
@@ -82,14 +83,36 @@ def check_size_as_at_init(module: str, what: str, size: int, shape: Sequence[int
 
     Without this, a changed input size surfaces as flax's parameter-shape error about initialisers, deep inside
     whichever sub-module happens to see it first. Before init (or for a path that does not exist) nothing is
-    compared.
+    compared. Parameters initialised under `nn.logical_axis_rules` arrive boxed (`nn.LogicallyPartitioned`), and
+    are unboxed before their shape is read.
     """
     node = owner.variables.get("params", {})
     for key in path:
         if not hasattr(node, "get") or key not in node:
             return
         node = node[key]
-    expected = np.shape(node)[axis]
+    expected = np.shape(meta.unbox(node))[axis]
     if size != expected:
         fail(module, what, f"{size} (shape {tuple(shape)})", f"{expected}, the size the parameters were "
              "initialised for")
+
+
+def resolve_deterministic(module: str, field: bool | None, argument: bool | None,
+                          dropout_rates: Mapping[str, float]) -> bool:
+    """Whether a module with dropout runs deterministically, given as its `deterministic` field or as the call's
+    argument (as `flax.linen.Dropout` with `nn.merge_param`: exactly one of them, not both).
+
+    With every rate in `dropout_rates` (name -> rate) at 0 it may be given neither (there is nothing to switch);
+    with any rate above 0 that is an error, so that a dropout rate is never silently ignored or applied.
+    """
+    if field is not None and argument is not None:
+        fail(module, "deterministic", f"given both as a field ({field}) and as a call argument ({argument})",
+             "exactly one of them")
+    if field is None and argument is None:
+        active = {name: rate for name, rate in dropout_rates.items() if rate > 0.0}
+        if active:
+            fail(module, "deterministic", f"None with {', '.join(f'{n}={r}' for n, r in active.items())}",
+                 "deterministic=True (evaluation) or False (training, with a 'dropout' rng), as the module's "
+                 "field or the call's argument")
+        return True
+    return bool(field if argument is None else argument)

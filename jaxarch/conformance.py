@@ -2,9 +2,11 @@
 
 Each registered `Case` is run through the same checks: jit equals eager, `vmap` over an extra leading axis,
 gradients finite and equal to finite differences, bfloat16 compute finite and close to float32, no retrace on
-a second call with the same shapes, strict rank promotion throughout, and one `ValueError` naming the module for
-each kind of bad input it lists. A new layer or model joins the suite by being registered here; the suite also
-fails if a name in `jaxarch.layers.__all__` or in `MODELS` has no case and no entry in `NOT_CASES`.
+a second call with the same shapes, strict rank promotion throughout, parameters initialised under
+`nn.logical_axis_rules` (boxed, as the sharding recipe of Flax and MaxText makes them) applying exactly as plain
+ones, and one `ValueError` naming the module for each kind of bad input it lists. A new layer or model joins the
+suite by being registered here; the suite also fails if a name in `jaxarch.layers.__all__` or in `MODELS` has no
+case and no entry in `NOT_CASES`.
 
 Example sizes are small and all different (3, 5, 7, ...) so that a swapped axis shows.
 """
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxarch import layers
+from jaxarch.layers.partitioning import AXIS_NAMES
 from jaxarch.models import build_model
 from jaxarch.registry import Registry
 
@@ -84,6 +87,21 @@ class Case:
         return Subject(lambda params, *a: module.apply(params, *self._positional(a), **self._keywords(a)),
                        params, args)
 
+    def logically_boxed(self, params, seed: int = 0):
+        """`(abstract, boxed)`: `init` on the float32 example traced under `LOGICAL_AXIS_RULES` (`jax.eval_shape`,
+        no compile), whose parameters that declare logical axes are `nn.LogicallyPartitioned` boxes of shapes,
+        and `params` (a plain tree, e.g. `subject().params`) put into those boxes, as such an `init` returns
+        them. The values are those of an `init` under the rules from the same key: the rules add names, never
+        randomness."""
+        args = self.example(np.random.default_rng(seed), jnp.float32)
+        module = self.build(None)
+        with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+            abstract = jax.eval_shape(lambda key: module.init(key, *self._positional(args), **self._keywords(args)),
+                                      jax.random.PRNGKey(seed))
+        boxed = jax.tree.map(lambda box, value: box.replace_boxed(value) if isinstance(box, nn.Partitioned) else value,
+                             abstract, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        return abstract, boxed
+
     def _positional(self, args: Args) -> Args:
         return args[:len(args) - len(self.keyword_args)]
 
@@ -93,6 +111,9 @@ class Case:
 
 
 CASES: Registry[Case] = Registry("conformance case")
+
+# Every logical axis name, mapped to no mesh axis: parameters are boxed with their names, nothing is sharded.
+LOGICAL_AXIS_RULES = tuple((name, None) for name in AXIS_NAMES)
 
 
 def _normal(rng: np.random.Generator, shape, dtype) -> jax.Array:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxarch.layers import attention as attention_lib
+from jaxarch.layers import attention_dispatch, attention_xla
 from jaxarch.layers.attention import (MultiHeadAttention, causal_mask, combine_masks, dot_product_attention,
                                       padding_mask, sliding_window_mask)
 from jaxarch.layers.position import (LearnedPositionEmbedding, RelativePositionBias, RoPEConfig, alibi_bias,
@@ -138,7 +139,7 @@ def test_causal_xla_attention_by_query_chunks_matches_reference_in_both_modes(mo
     """Causal "xla" attention computes only the lower staircase of the logits, one query chunk at a time (chunks
     shrunk to 2 rows here, so 5 queries make 3 chunks against 7 keys): values and reverse-mode gradients match the
     float64 reference, and forward mode equals the unchunked path given the same causal mask densely."""
-    monkeypatch.setattr(attention_lib, "CAUSAL_QUERY_CHUNK", 2)
+    monkeypatch.setattr(attention_xla, "CAUSAL_QUERY_CHUNK", 2)
     assert attention_lib._causal_chunks(TQ) == [(0, 2), (2, 4), (4, 5)]
     kwargs, mask, _ = _case("causal_lengths_head_mask")
     dense = dict(kwargs, is_causal=False, mask=kwargs["mask"] & causal_mask(TQ, TK))
@@ -288,7 +289,7 @@ def test_implementation_none_picks_blockwise_for_large_logits(monkeypatch):
     is_blockwise = lambda **kw: "custom_vjp" in str(jax.make_jaxpr(
         lambda q, k, v: dot_product_attention(q, k, v, **kw))(q, k, v))
     assert not is_blockwise()
-    monkeypatch.setattr(attention_lib, "BLOCKWISE_MIN_LOGITS_BYTES", 0)
+    monkeypatch.setattr(attention_dispatch, "BLOCKWISE_MIN_LOGITS_BYTES", 0)
     assert is_blockwise()
     assert not is_blockwise(return_weights=True)  # only xla can return weights
 
@@ -371,7 +372,7 @@ def _projection_reference(params, x, num_heads, num_kv_heads, mask):
 
 def test_mha_matches_float64_reference_and_sows_weights():
     x = _tokens()
-    model = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=3, out_features=11)
+    model = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=3, out_features=11, sow_weights=True)
     params = init_variables(model, x)["params"]
     assert params["query"]["kernel"].shape == (F, 4, 3) and params["key"]["kernel"].shape == (F, 2, 3)
 
@@ -387,6 +388,21 @@ def test_mha_matches_float64_reference_and_sows_weights():
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(sown, weights)
+
+
+def test_mha_mutable_intermediates_alone_keeps_the_kernel_and_sows_nothing(monkeypatch):
+    """A mutable "intermediates" collection (e.g. for another module's `sow`) never switches attention to the
+    materialised-weights kernel; `sow_weights=True` does, explicitly."""
+    monkeypatch.setattr(attention_dispatch, "BLOCKWISE_MIN_LOGITS_BYTES", 0)  # implementation None: blockwise
+    x = _tokens()
+    model = MultiHeadAttention(num_heads=2)
+    params = init_variables(model, x)["params"]
+    jaxpr = lambda model, **kw: str(jax.make_jaxpr(lambda p: model.apply({"params": p}, x, is_causal=True, **kw))(
+        params))
+    assert "custom_vjp" in jaxpr(model) and "custom_vjp" in jaxpr(model, mutable=["intermediates"])
+    assert "custom_vjp" not in jaxpr(model.clone(sow_weights=True), mutable=["intermediates"])
+    _, state = jax.eval_shape(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]), params)
+    assert state == {}
 
 
 def test_mha_grouped_query_equals_multi_head_with_repeated_kv_projections():
@@ -505,6 +521,12 @@ def test_mha_invalid_configurations_raise_value_error():
         (MultiHeadAttention(num_heads=2), x, dict(mask=jnp.ones((B, 1, TK, 3), bool)),
          "mask shape is (2, 1, 7, 3), expected broadcastable to (2, 2, 7, 7)"),
         (MultiHeadAttention(num_heads=2, implementation="cudnn"), x, {}, "backend 'cpu', expected a GPU"),
+        (MultiHeadAttention(num_heads=2, sow_weights=True, implementation="blockwise"), x, {},
+         "MultiHeadAttention: sow_weights with implementation is 'blockwise', expected implementation None or 'xla'"),
+        (MultiHeadAttention(num_heads=2, dropout_rate=0.1), x, {},
+         "MultiHeadAttention: deterministic is None with dropout_rate=0.1"),
+        (MultiHeadAttention(num_heads=2, dropout_rate=0.1, deterministic=False), x, dict(deterministic=True),
+         "MultiHeadAttention: deterministic is given both as a field (False) and as a call argument (True)"),
     ]
     for model, inputs, kwargs, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):

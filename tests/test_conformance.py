@@ -6,6 +6,7 @@ import functools
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ from jaxarch.conformance import CASES, NOT_CASES
 from jaxarch.models import MODELS
 
 NAMES = CASES.names()
+BUILT = [name for name in NAMES if CASES.get(name).build is not None]
 DIFFERENTIABLE = [name for name in NAMES if CASES.get(name).differentiable is not None]
 INVALID = [(name, label) for name in NAMES for label in CASES.get(name).invalid]
 
@@ -133,3 +135,27 @@ def test_bad_input_raises_a_value_error_naming_the_module(name, label):
     bad = case.invalid[label](s.args)
     with pytest.raises(ValueError, match=rf"^{re.escape(case.module)}\b.*expected"):
         s.fn(s.params, *bad)
+
+
+def _boxes(tree):
+    return [leaf for leaf in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+            if isinstance(leaf, nn.Partitioned)]
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_parameters_initialised_under_logical_axis_rules_apply_as_the_plain_ones(name):
+    """The Flax/MaxText sharding recipe: `with nn.logical_axis_rules(rules): params = model.init(...)` returns
+    `nn.LogicallyPartitioned` boxes; unboxed, they are the plain tree (structure, shapes, dtypes), and applying
+    the boxed tree works and gives the same output."""
+    plain = subject(name)
+    abstract, boxed = CASES.get(name).logically_boxed(plain.params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(nn.unbox(abstract), plain.params)
+    assert_trees_close(jax.jit(plain.fn)(boxed, *plain.args), jax.jit(plain.fn)(plain.params, *plain.args),
+                       rtol=0, atol=0)
+
+
+def test_layers_that_declare_logical_axes_are_boxed_under_the_rules():
+    """The check above is not vacuous: attention, the Transformer blocks and the models box their parameters."""
+    for name in ("MultiHeadAttention", "MLPBlock", "EncoderBlock", "TransformerDecoder", "model:gpt"):
+        assert _boxes(CASES.get(name).logically_boxed(subject(name).params)[1]), name
+        assert not _boxes(subject(name).params), name

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxarch.layers import attention as attention_lib
+from jaxarch.layers import attention_dispatch
 from jaxarch.layers.transformer import DecoderBlock, EncoderBlock, MLPBlock, TransformerDecoder, TransformerEncoder
 
 B, T, S, F = 2, 7, 5, 12
@@ -79,16 +80,16 @@ def _float64(tree):
 def test_mlp_block_matches_reference_jit_equals_eager_and_dropout():
     x = _features(0)
     model = MLPBlock(mlp_ratio=1.5, dropout_rate=0.5)
-    variables = init_variables(model, x)
+    variables = init_variables(model, x, deterministic=True)
     assert variables["params"]["hidden"]["kernel"].shape == (F, 18)
-    eager = model.apply(variables, x)
+    eager = model.apply(variables, x, deterministic=True)
     np.testing.assert_allclose(eager, np_mlp(np.asarray(x, np.float64), _float64(variables["params"])),
                                rtol=1e-4, atol=1e-5)
 
     @jax.jit
     def run(variables, x, rng):
         train = lambda rng: model.apply(variables, x, deterministic=False, rngs={"dropout": rng})
-        return model.apply(variables, x), train(rng), train(rng)
+        return model.apply(variables, x, deterministic=True), train(rng), train(rng)
 
     jitted, dropped, again = run(variables, x, jax.random.PRNGKey(1))
     np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-6)
@@ -146,8 +147,8 @@ def test_block_chunk_size_reaches_blockwise_attention(monkeypatch):
 def test_scanned_rematerialised_encoder_equals_unrolled_values_gradients_and_intermediates():
     x = _features(4)
     mask = jnp.asarray((np.arange(T) < np.array([7, 5])[:, None])[:, None, None, :])
-    unrolled = TransformerEncoder(**ENCODER, num_layers=3)
-    scanned = TransformerEncoder(**ENCODER, num_layers=3, scan_layers=True, remat=True)
+    unrolled = TransformerEncoder(**ENCODER, num_layers=3, sow_weights=True)
+    scanned = TransformerEncoder(**ENCODER, num_layers=3, scan_layers=True, remat=True, sow_weights=True)
     params = init_variables(unrolled, x)["params"]
     layers = [params[f"layers_{i}"] for i in range(3)]
     stacked = {"final_norm": params["final_norm"], "layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}
@@ -226,3 +227,67 @@ def test_invalid_inputs_raise_value_error():
     for model, args, kwargs, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
             jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
+
+
+def test_dropout_rates_need_deterministic_given_once():
+    """As `nn.Dropout`: with a dropout rate above 0, `deterministic` comes from the field or the call (not both);
+    a rate is never silently ignored. The stacks pass their own down to every block."""
+    x = _features(9)
+    missing = [
+        (MLPBlock(dropout_rate=0.1), "MLPBlock: deterministic is None with dropout_rate=0.1"),
+        (EncoderBlock(**ENCODER, dropout_rate=0.1), "EncoderBlock: deterministic is None with dropout_rate=0.1"),
+        (DecoderBlock(num_heads=2, attention_dropout_rate=0.2),
+         "DecoderBlock: deterministic is None with attention_dropout_rate=0.2"),
+        (TransformerEncoder(**ENCODER, num_layers=1, attention_dropout_rate=0.2),
+         "TransformerEncoder: deterministic is None with attention_dropout_rate=0.2"),
+        (TransformerDecoder(num_heads=2, num_layers=1, dropout_rate=0.1),
+         "TransformerDecoder: deterministic is None with dropout_rate=0.1"),
+    ]
+    for model, message in missing:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+    with pytest.raises(ValueError, match=re.escape("EncoderBlock: deterministic is given both as a field (True) "
+                                                   "and as a call argument (False)")):
+        jax.eval_shape(lambda: EncoderBlock(**ENCODER, dropout_rate=0.1, deterministic=True).init(
+            jax.random.PRNGKey(0), x, deterministic=False))
+
+    config = dict(**ENCODER, num_layers=2, dropout_rate=0.3, attention_dropout_rate=0.3)
+    params = init_variables(TransformerEncoder(**config), x, deterministic=True)["params"]
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+
+    @jax.jit
+    def run(params, x):
+        apply = lambda model, **kw: model.apply({"params": params}, x, rngs=rngs, **kw)
+        return (apply(TransformerEncoder(**config), deterministic=False),
+                apply(TransformerEncoder(**config, deterministic=False)),
+                apply(TransformerEncoder(**config, deterministic=True)),
+                apply(TransformerEncoder(**{**config, "dropout_rate": 0.0, "attention_dropout_rate": 0.0})))
+
+    by_argument, by_field, evaluation, without_dropout = run(params, x)
+    np.testing.assert_array_equal(by_field, by_argument)
+    np.testing.assert_array_equal(evaluation, without_dropout)  # rate 0: no deterministic needed
+    assert not np.allclose(by_argument, evaluation)
+
+
+def test_sow_weights_is_explicit_and_a_mutable_collection_changes_nothing(monkeypatch):
+    """Blocks sow `mlp_output` and `attention_output` themselves: a mutable "intermediates" collection must not
+    switch attention to materialised weights; `sow_weights=True` does, and sows them."""
+    monkeypatch.setattr(attention_dispatch, "BLOCKWISE_MIN_LOGITS_BYTES", 0)  # implementation None: blockwise
+    x = _features(10)
+    model = EncoderBlock(**ENCODER)
+    params = init_variables(model, x)["params"]
+    plain = lambda params, x: model.apply({"params": params}, x)
+    probed = lambda params, x: model.apply({"params": params}, x, mutable=["intermediates"])
+    uses_blockwise = lambda fn: "custom_vjp" in str(jax.make_jaxpr(fn)(params, x))
+    assert uses_blockwise(plain) and uses_blockwise(probed)
+    out, state = jax.jit(probed)(params, x)
+    np.testing.assert_array_equal(out, jax.jit(plain)(params, x))
+    assert set(state["intermediates"]) == {"attention_output", "mlp_output"}
+
+    sowing = EncoderBlock(**ENCODER, sow_weights=True)
+    sown_out, state = jax.jit(lambda params, x: sowing.apply({"params": params}, x, mutable=["intermediates"]))(
+        params, x)
+    weights = state["intermediates"]["attention"]["attention_weights"][0]
+    assert weights.shape == (B, ENCODER["num_heads"], T, T)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(sown_out, out, rtol=1e-5, atol=1e-5)

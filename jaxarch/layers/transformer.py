@@ -5,7 +5,11 @@ broadcastable to `[batch, heads, q_len, kv_len]`), built once at the top of a mo
 `mask=`. The stacks take features, not token ids: embeddings and output heads belong to models.
 
 Probing: every block sows `intermediates/attention_output` and `intermediates/mlp_output` (the residual
-branches), and its attention sows `attention_weights` whenever "intermediates" is mutable.
+branches); with `sow_weights=True` its attention also sows `attention_weights` (and then runs the "xla" kernel,
+which materialises them). A mutable "intermediates" collection alone never changes the attention kernel.
+
+Dropout: with any dropout rate above 0, `deterministic` must be given, as the module's field or as the call's
+argument (not both; as `flax.linen.Dropout`), so that a rate is never silently ignored.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxarch.checks import check_floating, check_positive_ints, check_rank, check_size_as_at_init, fail
-from jaxarch.layers.attention import MultiHeadAttention, check_mask_and_bias
+from jaxarch.checks import (check_floating, check_positive_ints, check_rank, check_size_as_at_init, fail,
+                            resolve_deterministic)
+from jaxarch.layers.attention import MultiHeadAttention
 from jaxarch.layers.dense import flat_dot_general
+from jaxarch.layers.masks import check_mask_and_bias
 from jaxarch.layers.partitioning import EMBED, LAYERS, MLP, with_axes
 from jaxarch.layers.position import RoPEConfig
 
@@ -51,10 +57,13 @@ class MLPBlock(nn.Module):
     dtype: Dtype | None = None  # compute dtype; None: the inputs' dtype
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.xavier_uniform()  # as the ViT / flax examples MLP
+    deterministic: bool | None = None  # or given to __call__; required (one or the other) with dropout_rate > 0
 
     @nn.compact
-    def __call__(self, x, *, deterministic: bool = True):
+    def __call__(self, x, *, deterministic: bool | None = None):
         module = "MLPBlock"
+        deterministic = resolve_deterministic(module, self.deterministic, deterministic,
+                                              {"dropout_rate": self.dropout_rate})
         check_floating(module, "x", x)
         check_rank(module, "x", x, (2, 3, 4), "[batch, ..., features] (rank 2 to 4)")
         features = x.shape[-1]
@@ -90,6 +99,14 @@ class _BlockFields(nn.Module):
     layer_norm_epsilon: float = 1e-6
     dtype: Dtype | None = None  # compute dtype; LayerNorm statistics and softmax stay float32
     param_dtype: Dtype = jnp.float32
+    # With any dropout rate above 0, given here or to __call__ (one or the other); the stacks pass theirs down.
+    deterministic: bool | None = None
+    sow_weights: bool = False  # every attention sows its weights (intermediates/attention_weights; "xla" kernel)
+
+    def _deterministic(self, module: str, argument: bool | None) -> bool:
+        return resolve_deterministic(module, self.deterministic, argument,
+                                     {"dropout_rate": self.dropout_rate,
+                                      "attention_dropout_rate": self.attention_dropout_rate})
 
     def _layer_norm(self, name):
         return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -98,8 +115,9 @@ class _BlockFields(nn.Module):
     def _attention(self, name, **extra):
         return MultiHeadAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                                   qk_norm=self.qk_norm, dropout_rate=self.attention_dropout_rate,
-                                  implementation=self.implementation, chunk_size=self.chunk_size, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name=name, **extra)
+                                  implementation=self.implementation, chunk_size=self.chunk_size,
+                                  sow_weights=self.sow_weights, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  name=name, **extra)
 
     def _mlp_branch(self, x, deterministic):
         y = self._layer_norm("mlp_norm")(x)
@@ -117,7 +135,8 @@ class EncoderBlock(_BlockFields):
     """
 
     @nn.compact
-    def __call__(self, x, *, mask=None, bias=None, deterministic: bool = True, positions=None):
+    def __call__(self, x, *, mask=None, bias=None, deterministic: bool | None = None, positions=None):
+        deterministic = self._deterministic("EncoderBlock", deterministic)
         _check_features("EncoderBlock", "x", x, self, ("attention_norm", "scale"))
         _check_self_attention_mask("EncoderBlock", self, x, mask, bias)
         y = self._layer_norm("attention_norm")(x)
@@ -145,8 +164,9 @@ class DecoderBlock(_BlockFields):
 
     @nn.compact
     def __call__(self, x, encoder_outputs=None, *, mask=None, bias=None, encoder_mask=None,
-                 deterministic: bool = True, positions=None):
+                 deterministic: bool | None = None, positions=None):
         module = "DecoderBlock"
+        deterministic = self._deterministic(module, deterministic)
         _check_features(module, "x", x, self, ("self_attention_norm", "scale"))
         if not self.decode:  # Decoding masks span the cache; MultiHeadAttention checks them.
             _check_self_attention_mask(module, self, x, mask, bias)
@@ -172,8 +192,9 @@ class DecoderBlock(_BlockFields):
 
 
 def _block_kwargs(stack: nn.Module, block_cls: type) -> dict:
-    """The stack's values for every field the block declares (the stacks mirror the block fields)."""
-    names = {field.name for field in dataclasses.fields(block_cls)} - {"parent", "name"}
+    """The stack's values for every field the block declares (the stacks mirror the block fields), except
+    `deterministic`, which the stack resolves and passes to every block's call."""
+    names = {field.name for field in dataclasses.fields(block_cls)} - {"parent", "name", "deterministic"}
     return {name: getattr(stack, name) for name in names if hasattr(stack, name)}
 
 
@@ -211,7 +232,8 @@ class TransformerEncoder(_BlockFields):
     remat: bool = False  # nn.remat each block: recompute its activations in the backward pass
 
     @nn.compact
-    def __call__(self, x, *, mask=None, bias=None, deterministic: bool = True, positions=None):
+    def __call__(self, x, *, mask=None, bias=None, deterministic: bool | None = None, positions=None):
+        deterministic = self._deterministic("TransformerEncoder", deterministic)
         _check_features("TransformerEncoder", "x", x, self, ("final_norm", "scale"))
         _check_self_attention_mask("TransformerEncoder", self, x, mask, bias)
 
@@ -238,7 +260,8 @@ class TransformerDecoder(_BlockFields):
 
     @nn.compact
     def __call__(self, x, encoder_outputs=None, *, mask=None, bias=None, encoder_mask=None,
-                 deterministic: bool = True, positions=None):
+                 deterministic: bool | None = None, positions=None):
+        deterministic = self._deterministic("TransformerDecoder", deterministic)
         _check_features("TransformerDecoder", "x", x, self, ("final_norm", "scale"))
         if not self.decode:
             _check_self_attention_mask("TransformerDecoder", self, x, mask, bias)

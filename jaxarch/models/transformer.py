@@ -63,12 +63,13 @@ class _StackFields(nn.Module):
     scan_layers: bool = False  # nn.scan over stacked layer parameters: compile time independent of depth
     remat: bool = False  # recompute each block's activations in the backward pass
     dtype: jnp.dtype | None = None  # compute dtype; parameters, LayerNorm statistics and softmax stay float32
+    sow_weights: bool = False  # every attention sows intermediates/attention_weights (runs the "xla" kernel)
 
     def _stack_kwargs(self) -> dict:
         return dict(num_layers=self.num_layers, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                     dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                     implementation=self.implementation, scan_layers=self.scan_layers, remat=self.remat,
-                    dtype=self.dtype)
+                    sow_weights=self.sow_weights, dtype=self.dtype)
 
 
 @MODELS.register("gpt")

@@ -46,6 +46,7 @@ def copy_run(model: str, seq_len: int, context: Context) -> tuple[str, str, tupl
 
 def attention_weights(model, variables, inputs: np.ndarray) -> np.ndarray:
     """The first attention layer's weights `[batch, heads, queries, keys]`, sown by MultiHeadAttention."""
+    model = model.clone(sow_weights=True)  # a mutable collection alone does not sow the weights
     _, state = jax.jit(lambda x: model.apply(variables, x, mutable=["intermediates"]))(jnp.asarray(inputs))
     sown = {path: value for path, value in traverse_util.flatten_dict(state["intermediates"]).items()
             if path[-1] == "attention_weights"}
