@@ -184,11 +184,6 @@ def test_cells_initialised_boxed_equal_unboxed(cell_name):
     chex.assert_trees_all_equal(run(boxed, carry, x), run(plain, carry, x))
 
 
-# The RNN wrappers' input-size check (jaxarch.checks.check_size_as_at_init) reads the parameter's shape as stored.
-_NEEDS_CHECKS_UNBOXING = pytest.mark.xfail(reason="needs checks.py unboxing", raises=IndexError, strict=False)
-
-
-@_NEEDS_CHECKS_UNBOXING
 @pytest.mark.parametrize(("cell_name", "project_first"), [("lstm", False), ("lstm", True), ("rnn", False),
                                                           ("gru_reset_before", False)])
 def test_rnn_with_boxed_params_equals_unboxed(cell_name, project_first):
@@ -201,7 +196,6 @@ def test_rnn_with_boxed_params_equals_unboxed(cell_name, project_first):
     chex.assert_trees_all_equal(run(boxed, x), run(nn.unbox(boxed), x))
 
 
-@_NEEDS_CHECKS_UNBOXING
 @pytest.mark.parametrize("cell_name", ["lstm", "gru", "rnn"])
 def test_stacked_rnn_initialised_under_logical_axis_rules_equals_unboxed(cell_name):
     x = _inputs()
