@@ -17,6 +17,7 @@ from jaxarch.train.checkpoint import (CHECKPOINTS, QUARANTINE, Checkpointer, leg
                                       verify_shards)
 from jaxarch.train.configure import override_config
 from jaxarch.train.loop import build_dataset_and_model, init_state
+from jaxarch.train.records import plot_learning_curve
 from jaxarch.train.resume import EXEMPT_ON_RESUME
 
 TIMING = {"train/steps_per_second"}
@@ -312,3 +313,17 @@ def test_a_checkpoint_with_the_old_whole_state_digest_still_restores(tmp_path):
     restored, step = reader.restore(state)
     reader.close()
     assert step == 5 and legacy_state_digest(restored) == legacy_state_digest(state)
+
+
+def test_learning_curve_leaves_pyplots_backend_as_the_user_set_it(tmp_path):
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_learning_curve([{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 0.5}],
+                            tmp_path / "curve.png", "title")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(previous)

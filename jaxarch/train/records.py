@@ -138,17 +138,21 @@ class MetricsLog:
 
 
 def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
-    """Training loss (and every evaluation metric) against step, one panel per quantity."""
-    import matplotlib
+    """Training loss (and every evaluation metric) against step, one panel per quantity.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on matplotlib's Agg canvas directly: no display needed, and pyplot's backend, which belongs to the
+    user's program, stays as it was.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     keys = sorted({k for r in records for k in r if k != "step" and "/" in k
                    and not k.endswith(("steps_per_second", "learning_rate", "grad_norm"))})
     if not keys:
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    fig = Figure(figsize=(4 * len(keys), 3.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
         ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
@@ -158,7 +162,4 @@ def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
             ax.set_yscale("log")
     fig.suptitle(title)
     fig.tight_layout()
-    try:
-        write_atomically(path, writer=lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    write_atomically(path, writer=lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
