@@ -28,7 +28,7 @@ def make_auto_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str], device
 
 def enable_x64(enabled: bool = True) -> contextlib.AbstractContextManager:
     """A context in which 64-bit types are (or are not) enabled: `jax.enable_x64` from JAX 0.8 on, which
-    replaced `jax.experimental.enable_x64` (gone from JAX 0.10)."""
+    replaced `jax.experimental.enable_x64` (gone by JAX 0.10.2)."""
     if hasattr(jax, "enable_x64"):
         return jax.enable_x64(enabled)
     from jax.experimental import enable_x64 as experimental_enable_x64
