@@ -14,6 +14,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxarch import layers
+from jaxarch.compat import enable_x64
 from jaxarch.conformance import CASES, NOT_CASES
 from jaxarch.models import MODELS
 
@@ -89,7 +90,7 @@ def test_vmap_over_an_extra_leading_axis_equals_one_call_per_slice(name):
 def test_gradients_are_finite_and_match_finite_differences(name):
     case = CASES.get(name)
     subject(name)  # Parameters initialised outside the float64 context, as every other check sees them.
-    with jax.enable_x64(True):
+    with enable_x64(True):
         s = in_dtype(name, jnp.float64)
         params = s.params
         outputs = jax.eval_shape(s.fn, params, *s.args)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from jaxarch.compat import enable_x64
 from jaxarch.layers.conv import Conv, ConvTranspose
 
 BATCH, IN, OUT = 3, 4, 6
@@ -213,7 +214,7 @@ def test_reflect_padding_matches_numpy_reflect_pad_then_valid(rank, kernel, kern
     (ConvTranspose(OUT, (3, 2), strides=2, padding="CIRCULAR", transpose_kernel=True), 2),
 ])
 def test_gradients_match_finite_differences(module, rank):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         x = _inputs(rank, spatial=(5, 4)[:rank], dtype=jnp.float64)
         module = module.clone(param_dtype=jnp.float64)
         params = _params(module, x)

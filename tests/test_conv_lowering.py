@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxarch.compat import enable_x64
 from jaxarch.layers import conv_lowering
 from jaxarch.layers.conv import Conv
 from jaxarch.layers.conv_lowering import SUMMED_PRODUCTS_MAX, patches, use_patches
@@ -54,7 +55,7 @@ def _value_grads_and_jvp(module, variables, x, cotangent, tangents):
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("case", list(CASES))
 def test_patch_lowering_equals_xla_in_float64(rank, case, in_features):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         kwargs = _conv_kwargs(rank, case)
         x = jnp.asarray(_rng_array((BATCH,) + SPATIAL[rank] + (in_features,), 0))
         xla, patch = Conv(**kwargs, lowering="xla"), Conv(**kwargs, lowering="patches")

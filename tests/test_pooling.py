@@ -18,6 +18,7 @@ from flax.linen.pooling import min_pool as flax_min_pool
 from hypothesis import given, settings
 from jax.test_util import check_grads
 
+from jaxarch.compat import enable_x64
 from jaxarch.layers.pooling import (adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool,
                                     global_max_pool, max_pool, min_pool)
 
@@ -136,7 +137,7 @@ def test_max_pool_gradient_matches_numpy_first_maximum_rule(rank, window, stride
     global_avg_pool, global_max_pool,
 ])
 def test_gradients_match_finite_differences(pool):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         # A permutation has no ties and gaps of 1, far wider than the finite-difference step.
         values = np.random.default_rng(0).permutation(2 * 7 * 5 * 3).reshape(2, 7, 5, 3)
         check_grads(jax.jit(pool), (jnp.asarray(values, jnp.float64),), order=1, modes=["rev"])

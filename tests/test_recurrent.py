@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from jaxarch.compat import enable_x64
 from jaxarch.diagnostics import hidden_state_grad_norms, plot_hidden_state_grad_norms
 from jaxarch.layers import recurrent
 from jaxarch.layers.recurrent import (HIDDEN_STATE_PERTURBATIONS, RNN, Bidirectional, GRUCell, LSTMCell,
@@ -136,7 +137,7 @@ def test_project_first_equals_in_loop_projection():
 def test_fused_sequence_kernel_equals_differentiated_scan(cell_type, use_lengths, reverse):
     """The whole-sequence LSTM and tanh RNN kernels against `fused_sequence=False` in float64: outputs, final
     carry, the VJP for parameters, inputs and initial carry, and the JVP, to 1e-12."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         fused = RNN(cell_type(HIDDEN, param_dtype=jnp.float64), return_carry=True, reverse=reverse)
         scan = fused.clone(fused_sequence=False)
         x = _inputs(0, dtype=jnp.float64)
@@ -251,7 +252,7 @@ def test_flax_rnn_runs_jaxarch_cells_and_jaxarch_rnn_runs_flax_cells():
 
 @pytest.mark.parametrize("cell_name", list(CELLS))
 def test_cell_gradients_match_finite_differences(cell_name):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         cell = CELLS[cell_name](param_dtype=jnp.float64)
         x = _inputs(0, (BATCH, IN), jnp.float64)
         carry = jax.tree.map(lambda c: 0.3 * _inputs(6, c.shape, jnp.float64),
@@ -263,7 +264,7 @@ def test_cell_gradients_match_finite_differences(cell_name):
 
 
 def test_rnn_gradients_with_lengths_match_finite_differences():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         model = RNN(LSTMCell(HIDDEN, param_dtype=jnp.float64), reverse=True)
         x = _inputs(0, (BATCH, 4, IN), jnp.float64)
         params = _rnn_params(model.cell, x, scale=0.3)

@@ -13,9 +13,10 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxarch.checks import fail
+from jaxarch.compat import make_auto_mesh
 
 DATA, MODEL = "data", "model"
 MESH_AXES = (DATA, MODEL)
@@ -61,7 +62,7 @@ def make_mesh(spec: str = "", devices: list | None = None) -> Mesh:
     if needed < len(devices) and jax.process_count() > 1:
         fail(_MODULE, f"device count of {spec!r}", needed,
              f"all {len(devices)} devices of the {jax.process_count()} processes in a multi-process run")
-    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices[:needed])
+    return make_auto_mesh((data, model), MESH_AXES, devices[:needed])
 
 
 def describe(mesh: Mesh) -> str:
