@@ -58,6 +58,26 @@ def _restart(workdir: Path, distributed: bool) -> None:
         multihost_utils.sync_global_devices("jaxarch restart")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from jaxarch import experiments
+    from jaxarch.train.sweep import DEFAULT_SEEDS, parse_grid, sweep
+
+    grid, seeds = parse_grid(args.grid)
+    if seeds is not None and args.seeds is not None:
+        raise ValueError("sweep: both --seeds and seed=... given, expected one of them")
+    if seeds is None:
+        count = DEFAULT_SEEDS if args.seeds is None else args.seeds
+        if count < 1:
+            raise ValueError(f"sweep: --seeds is {count}, expected a positive integer")
+        seeds = list(range(count))
+    workdir = Path(args.workdir or Path("runs") / f"sweep-{args.name}")
+    command = " ".join(["jaxarch sweep", args.name, *args.grid, *([f"--seeds {args.seeds}"] if args.seeds else [])])
+    summary = sweep(experiments.get_config(args.name), grid, seeds, workdir, strategy=args.strategy,
+                    members_per_group=args.members_per_group, progress=args.progress, command=command)
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_tour(args: argparse.Namespace) -> int:
     from jaxarch.tour import format_table, run_tour
 
@@ -116,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--process-id", type=int, help="this process, 0 to num_processes - 1 (implies --distributed)")
     run.set_defaults(func=_cmd_run)
 
+    sweep = sub.add_parser("sweep", help="run an experiment over a grid of overrides and several seeds; summarise "
+                           "each grid point as mean, std and 95%% interval (DIR/summary.md, summary.json)")
+    sweep.add_argument("name", help="experiment name, see `jaxarch list`")
+    sweep.add_argument("grid", nargs="*", metavar="key=v1,v2", help="dotted config keys and the values to try; the "
+                       "grid is their product (seed=0,1,2 lists the seeds)")
+    sweep.add_argument("--seeds", type=int, help="seeds 0..N-1 per grid point (default 5)")
+    sweep.add_argument("--workdir", help="sweep directory (default runs/sweep-NAME); a member's run directory is "
+                       "DIR/<grid point>/seed=S; started again, finished members are skipped, others resume")
+    sweep.add_argument("--strategy", default="auto", choices=["auto", "vmap", "sequential"],
+                       help="vmap: stack members into one jitted step; sequential: one after another; auto: vmap "
+                            "on GPU/TPU, sequential on CPU")
+    sweep.add_argument("--members-per-group", type=int, help="at most K members in one stacked step (vmap)")
+    sweep.set_defaults(func=_cmd_sweep)
+
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
     tour.add_argument("--workdir", default="runs/tour")
     tour.add_argument("--models", help="comma-separated experiments, a subset of the table's rows (default: all)")
@@ -144,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the sequence-length and image-size curves")
     bench.set_defaults(func=_cmd_bench)
 
-    for command in (run, tour, report):
+    for command in (run, sweep, tour, report):
         command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                              help="show a progress bar (default: only on a terminal)")
     return parser
