@@ -33,7 +33,7 @@ DEFAULT_SEEDS = 5
 RESULT = "result.json"
 # Fields of a run's result that describe the run rather than measure the model.
 _RUN_FIELDS = ("params", "steps", "train_seconds", "steps_per_second", "wall_seconds", "resumed_from",
-               "best_checkpoint_step", "skipped_steps")
+               "best_checkpoint_step", "skipped_steps", "stacked_members")
 _TIMING_FIELDS = ("train_seconds", "wall_seconds")
 
 
