@@ -81,7 +81,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_tour(args: argparse.Namespace) -> int:
     from jaxarch.tour import format_table, run_tour
 
-    results = run_tour(Path(args.workdir), models=args.models, progress=args.progress)
+    results = run_tour(Path(args.workdir), models=args.models, progress=args.progress, seeds=args.seeds)
     print(format_table(results))
     return 0
 
@@ -95,10 +95,12 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxarch.report import FULL, QUICK, run_report
+    from jaxarch.report.budgets import with_seeds
     from jaxarch.report.render import duration, verdict_lines
 
-    command = "jaxarch report" + (" --quick" if args.quick else "")
-    report = run_report(Path(args.out), QUICK if args.quick else FULL, command=command, progress=args.progress)
+    command = "jaxarch report" + (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds else "")
+    report = run_report(Path(args.out), with_seeds(QUICK if args.quick else FULL, args.seeds), command=command,
+                        progress=args.progress)
     print(verdict_lines(report.claims))
     print(f"report: {Path(args.out) / 'index.md'} and index.html ({duration(report.wall_seconds)})")
     return 0
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
     tour.add_argument("--workdir", default="runs/tour")
     tour.add_argument("--models", help="comma-separated experiments, a subset of the table's rows (default: all)")
+    tour.add_argument("--seeds", type=int, default=1, help="seeds per model; above 1 the table shows mean +- std")
     tour.set_defaults(func=_cmd_tour)
 
     gradients = sub.add_parser("gradients", help="plot ||dLoss/dh_t|| over t for RNN, LSTM and GRU at init")
@@ -163,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="measure the chapter's claims and write DIR/index.md and index.html")
     report.add_argument("--quick", action="store_true", help="tiny budgets (minutes); verdicts may be inconclusive")
     report.add_argument("--out", default="runs/report", help="report directory (default runs/report)")
+    report.add_argument("--seeds", type=int, help="seeds per training run (default: 3, at least 3; --quick: 1); "
+                        "the checks judge the 95%% interval of the seeds' mean")
     report.set_defaults(func=_cmd_report)
 
     bench = sub.add_parser("bench", help="time each family's training step beside Flax and PyTorch; write JSON, "

@@ -57,6 +57,33 @@ def member_optimizer(optim: ml_collections.ConfigDict, total_steps: int, learnin
     return opt
 
 
+def make_stacked_step(task, config: ml_collections.ConfigDict, *, skip_nonfinite: bool = False,
+                      donate: bool = True):
+    """Jitted `(stacked state, stacked batch, hyperparameters) -> (stacked state, metrics)`: the single run's
+    step (`make_train_step`) vmapped over members. The stacked state holds no optimizer (`tx=None`): each member's
+    is rebuilt in the step from its `{"learning_rate", "weight_decay"}` ([members] arrays). Metrics are
+    [members] arrays, but "finite", flattened to [members x quantities] for one `NonFiniteGuard`."""
+    single_step = make_train_step(task, jit=False, skip_nonfinite=skip_nonfinite)
+
+    def member_step(state: TrainState, batch: dict, hyperparams: dict):
+        tx = member_optimizer(config.optim, config.train.steps, **hyperparams)
+        new_state, metrics = single_step(state.replace(tx=tx), batch)
+        # No optimizer in the output either: a new one each trace would make every call's state a new pytree.
+        return new_state.replace(tx=None), metrics
+
+    def stacked_step(state, batch, hyperparams):
+        new_state, metrics = jax.vmap(member_step)(state, batch, hyperparams)
+        return new_state, {**metrics, "finite": metrics["finite"].reshape(-1)}
+
+    return jax.jit(stacked_step, donate_argnums=0 if donate else ())
+
+
+def hyperparameters(configs: Sequence[ml_collections.ConfigDict]) -> list[dict]:
+    """Each member's stackable optimizer values, as the float32 scalars its schedule computes in."""
+    return [{"learning_rate": np.float32(c.optim.learning_rate), "weight_decay": np.float32(c.optim.weight_decay)}
+            for c in configs]
+
+
 def member_devices(count: int) -> list:
     """The most devices, at most `count`, over which `count` members split evenly."""
     devices = jax.local_devices()
@@ -125,21 +152,9 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
     apply_fn, template_tx = states[0].apply_fn, states[0].tx
     # The optimizer is rebuilt inside the step from each member's hyperparameters; the stacked state holds none.
     stacked = stack([state.replace(tx=None) for state in states], split)
-    hyper = stack([{"learning_rate": np.float32(c.optim.learning_rate),
-                    "weight_decay": np.float32(c.optim.weight_decay)} for c in configs], split)
+    hyper = stack(hyperparameters(configs), split)
     skipping = train.nonfinite == "skip"
-    single_step = make_train_step(task, jit=False, skip_nonfinite=skipping)
-
-    def member_step(state: TrainState, batch: dict, hyperparams: dict):
-        tx = member_optimizer(config.optim, train.steps, **hyperparams)
-        new_state, metrics = single_step(state.replace(tx=tx), batch)
-        return new_state.replace(tx=None), metrics
-
-    def stacked_step(state, batch, hyperparams):
-        new_state, metrics = jax.vmap(member_step)(state, batch, hyperparams)
-        return new_state, {**metrics, "finite": metrics["finite"].reshape(-1)}  # [members x quantities]
-
-    step_fn = jax.jit(stacked_step, donate_argnums=0 if not train.debug_nans else ())
+    step_fn = make_stacked_step(task, config, skip_nonfinite=skipping, donate=not train.debug_nans)
     eval_step = make_eval_step(task)
     names = flag_names(states[0].params)
     labels = [" ".join(member.overrides) for member in members]
