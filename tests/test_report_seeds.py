@@ -147,3 +147,21 @@ def test_runs_over_seeds_return_means_and_per_seed_values(tmp_path, monkeypatch)
     assert seed_values(singles[0], "test_accuracy") is None
     trained = runs.trained("logreg")  # seed 0's final checkpoint
     assert trained.config.seed == 0 and set(trained.variables) == {"params"}
+
+
+def test_tiny_report_over_two_seeds_judges_trained_claims_by_their_seeds(tmp_path, monkeypatch):
+    import dataclasses
+
+    import jaxarch.report
+    from test_report_run import TINY, check_report_files  # tests/ is on the path: no package
+
+    monkeypatch.setenv("JAXARCH_CACHE", str(tmp_path / "cache"))
+    # Two of the four claims that train (the other two judge their seeds the same way, tested above): 14 runs.
+    claims = (parameter_sharing, long_range)
+    jaxarch.report.run_report(tmp_path, dataclasses.replace(TINY, seeds=2), claims=claims)
+    data = check_report_files(tmp_path, [2, 7])
+    for claim in data["claims"]:
+        assert "seeds" in claim["numbers"], claim["number"]
+        judged = [check for check in claim["checks"] if "samples" in check]
+        assert judged and all(len(check["samples"]) == 2 for check in judged), claim["number"]
+    assert "(n=2)" in (tmp_path / "index.md").read_text()
