@@ -251,7 +251,6 @@ def test_summary_markdown_shows_interval_and_per_seed_rows():
 
 
 def test_bench_row_times_both_strategies():
-    from jaxarch.benchmarks.report import markdown
     from jaxarch.benchmarks.sweep import markdown_lines, measure
 
     row = measure("mnist1d-logreg", ["train.batch_size=8"], members=2, rounds=1, repetitions=2)
