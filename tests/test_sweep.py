@@ -87,8 +87,14 @@ def test_sequential_members_are_their_single_runs_bit_for_bit(sequential, single
             p.name for p in (workdir / f"seed={seed}").iterdir()}
 
 
-def test_vmap_members_equal_their_single_runs_within_rounding(tmp_path, sequential, single_runs):
-    summary = sweep(tiny_config(), {}, SEEDS, tmp_path, strategy="vmap", progress=False)
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("stacked")
+    return workdir, sweep(tiny_config(), {}, SEEDS, workdir, strategy="vmap", progress=False)
+
+
+def test_vmap_members_equal_their_single_runs_within_rounding(stacked, single_runs):
+    tmp_path, summary = stacked
     [point] = summary["points"]
     for row in point["seeds"]:
         single = single_runs[row["seed"]]
@@ -103,6 +109,36 @@ def test_vmap_members_equal_their_single_runs_within_rounding(tmp_path, sequenti
         rerun = train_and_evaluate(override_config(tiny_config(), [f"seed={row['seed']}"]),
                                    tmp_path / row["workdir"], progress=False)
         assert rerun["resumed_from"] == 24 and rerun["test_loss"] == row["test_loss"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_vmap_sweep_resumes_its_stack_to_the_same_summary(tmp_path, stacked, monkeypatch):
+    from jaxarch.train.checkpoint import Checkpointer
+
+    save = Checkpointer.save
+    saved_at_12 = []
+
+    def save_then_stop(self, state, step, metrics=None):
+        written = save(self, state, step, metrics)
+        saved_at_12.extend([step] if step == 12 else [])
+        if len(saved_at_12) == len(SEEDS):  # every member's checkpoint at step 12 is written: stop there
+            raise Killed
+        return written
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
+    with pytest.raises(Killed):
+        sweep(tiny_config(), {}, SEEDS, tmp_path, strategy="vmap", progress=False)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert not list(tmp_path.glob("seed=*/result.json"))
+    resumed = sweep(tiny_config(), {}, SEEDS, tmp_path, strategy="vmap", progress=False)
+    assert [json.loads(p.read_text())["resumed_from"] for p in sorted(tmp_path.glob("seed=*/result.json"))] == [12] * 3
+    whole_dir, whole = stacked
+    assert per_seed(resumed) == per_seed(whole)  # the same stacked steps from the same states: bit for bit
+    for seed in SEEDS:
+        assert curve(tmp_path / f"seed={seed}") == curve(whole_dir / f"seed={seed}")
 
 
 def test_vmap_stacks_learning_rates_and_weight_decays_as_arrays(tmp_path):
