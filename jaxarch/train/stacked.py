@@ -96,15 +96,18 @@ def stack(trees: Sequence, sharding: NamedSharding):
                           sharding)
 
 
-def train_stacked(members: Sequence, *, progress: bool | None = False) -> list[dict]:
+def train_stacked(members: Sequence) -> list[dict]:
     """Trains `members` (`jaxarch.train.sweep.Member`s of one group) together; returns each one's final metrics,
     as `train_and_evaluate` returns them. Each member resumes from its newest checkpoint; members whose
-    checkpoints are at different steps (a sweep killed while saving) are trained one after another instead."""
+    checkpoints are at different steps (a sweep killed while saving) are trained one after another instead, and
+    so are members under `train.debug_nans` (whose search for a NaN re-runs one member's step)."""
     configs = [member.config for member in members]
     config = configs[0]
     if jax.process_count() > 1:
         raise ValueError("sweep: the vmap strategy runs in one process, expected --strategy sequential for a "
                          "multi-process run")
+    if config.train.debug_nans:
+        return [train_and_evaluate(member.config, member.workdir, progress=False) for member in members]
     start_wall = time.perf_counter()
     workdirs = [prepare_workdir(member.workdir) for member in members]
     dataset, model = build_dataset_and_model(config)
@@ -153,7 +156,7 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
     stacked = stack([state.replace(tx=None) for state in states], split)
     hyper = stack(hyperparameters(configs), split)
     skipping = train.nonfinite == "skip"
-    step_fn = make_stacked_step(task, config, skip_nonfinite=skipping, donate=not train.debug_nans)
+    step_fn = make_stacked_step(task, config, skip_nonfinite=skipping)
     eval_step = make_eval_step(task)
     names = flag_names(states[0].params)
     labels = [" ".join(member.overrides) for member in members]
