@@ -85,6 +85,10 @@ def markdown(result: dict) -> str:
                   "", "| mesh | devices | examples/s | speed-up | efficiency |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {row['mesh']} | {row['devices']} | {row['examples_per_second']:.0f} | {row['speedup']:.2f} | "
                   f"{row['efficiency']:.2f} |" for row in rows]
+    if "sweep_strategies" in result:
+        from jaxarch.benchmarks.sweep import markdown_lines
+
+        lines += ["", *markdown_lines(result["sweep_strategies"])]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,8 @@ fused kernel on GPUs where it supports the call (jaxarch's default implementatio
 
 Then the scaling curves (`benchmarks/curves.py`); with more than one device, throughput against device count
 (`benchmarks/scaling.py`: `DEVICE_SCALING_EXPERIMENTS` on data:1, data:2, ... every device); the targets
-(`CPU_TARGETS`, `ACCELERATOR_TARGETS`), and the JSON, a Markdown table and PNG plots (`benchmarks/report.py`).
+(`CPU_TARGETS`, `ACCELERATOR_TARGETS`), `jaxarch sweep`'s two strategies side by side (`benchmarks/sweep.py`),
+and the JSON, a Markdown table and PNG plots (`benchmarks/report.py`).
 
 Command: jaxarch bench [--quick] [--families conv,rnn,...] [--out benchmarks/results/bench_cpu.json]
 (the full suite takes 10-15 minutes on a 2-core CPU, `--quick` under two minutes.)
@@ -46,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxarch.benchmarks import curves, scaling
+from jaxarch.benchmarks import sweep as sweep_strategies
 from jaxarch.benchmarks.jax_models import IMPLEMENTATIONS, build_model, train_step
 from jaxarch.benchmarks.report import write_report
 from jaxarch.benchmarks.timing import (environment, matmul_step, time_runs_interleaved, timed_calls, torch_available,
@@ -286,6 +288,7 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
         result["scaling"] = curves.run(quick=quick, dtype=dtype, log=log)
     if jax.device_count() > 1:
         result["device_scaling"] = device_scaling(quick=quick, log=log)
+    result["sweep_strategies"] = sweep_strategies.run(quick=quick, log=log)
     return result
 
 

@@ -41,10 +41,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from jaxarch import experiments
+    from jaxarch.train.sweep import DEFAULT_SEEDS, parse_grid, sweep
+
+    grid, seeds = parse_grid(args.grid)
+    if seeds is not None and args.seeds is not None:
+        raise ValueError("sweep: both --seeds and seed=... given, expected one of them")
+    if seeds is None:
+        count = DEFAULT_SEEDS if args.seeds is None else args.seeds
+        if count < 1:
+            raise ValueError(f"sweep: --seeds is {count}, expected a positive integer")
+        seeds = list(range(count))
+    workdir = Path(args.workdir or Path("runs") / f"sweep-{args.name}")
+    command = " ".join(["jaxarch sweep", args.name, *args.grid, *([f"--seeds {args.seeds}"] if args.seeds else [])])
+    summary = sweep(experiments.get_config(args.name), grid, seeds, workdir, strategy=args.strategy,
+                    members_per_group=args.members_per_group, progress=args.progress, command=command)
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_tour(args: argparse.Namespace) -> int:
     from jaxarch.tour import format_table, run_tour
 
-    results = run_tour(Path(args.workdir), models=args.models, progress=args.progress)
+    results = run_tour(Path(args.workdir), models=args.models, progress=args.progress, seeds=args.seeds)
     print(format_table(results))
     return 0
 
@@ -58,10 +78,12 @@ def _cmd_gradients(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from jaxarch.report import FULL, QUICK, run_report
+    from jaxarch.report.budgets import with_seeds
     from jaxarch.report.render import duration, verdict_lines
 
-    command = "jaxarch report" + (" --quick" if args.quick else "")
-    report = run_report(Path(args.out), QUICK if args.quick else FULL, command=command, progress=args.progress)
+    command = "jaxarch report" + (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds else "")
+    report = run_report(Path(args.out), with_seeds(QUICK if args.quick else FULL, args.seeds), command=command,
+                        progress=args.progress)
     print(verdict_lines(report.claims))
     print(f"report: {Path(args.out) / 'index.md'} and index.html ({duration(report.wall_seconds)})")
     return 0
@@ -114,9 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--process-id", type=int, help="this process, 0 to num_processes - 1 (implies --distributed)")
     run.set_defaults(func=_cmd_run)
 
+    sweep = sub.add_parser("sweep", help="run an experiment over a grid of overrides and several seeds; summarise "
+                           "each grid point as mean, std and 95%% interval (DIR/summary.md, summary.json)")
+    sweep.add_argument("name", help="experiment name, see `jaxarch list`")
+    sweep.add_argument("grid", nargs="*", metavar="key=v1,v2", help="dotted config keys and the values to try; the "
+                       "grid is their product (seed=0,1,2 lists the seeds)")
+    sweep.add_argument("--seeds", type=int, help="seeds 0..N-1 per grid point (default 5)")
+    sweep.add_argument("--workdir", help="sweep directory (default runs/sweep-NAME); a member's run directory is "
+                       "DIR/<grid point>/seed=S; started again, finished members are skipped, others resume")
+    sweep.add_argument("--strategy", default="auto", choices=["auto", "vmap", "sequential"],
+                       help="vmap: stack members into one jitted step; sequential: one after another; auto: vmap "
+                            "on GPU/TPU, sequential on CPU")
+    sweep.add_argument("--members-per-group", type=int, help="at most K members in one stacked step (vmap)")
+    sweep.set_defaults(func=_cmd_sweep)
+
     tour = sub.add_parser("tour", help="train every MNIST-1D model and print a table beside published numbers")
     tour.add_argument("--workdir", default="runs/tour")
     tour.add_argument("--models", help="comma-separated experiments, a subset of the table's rows (default: all)")
+    tour.add_argument("--seeds", type=int, default=1, help="seeds per model; above 1 the table shows mean +- std")
     tour.set_defaults(func=_cmd_tour)
 
     gradients = sub.add_parser("gradients", help="plot ||dLoss/dh_t|| over t for RNN, LSTM and GRU at init")
@@ -127,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="measure the chapter's claims and write DIR/index.md and index.html")
     report.add_argument("--quick", action="store_true", help="tiny budgets (minutes); verdicts may be inconclusive")
     report.add_argument("--out", default="runs/report", help="report directory (default runs/report)")
+    report.add_argument("--seeds", type=int, help="seeds per training run (default: 3, at least 3; --quick: 1); "
+                        "the checks judge the 95%% interval of the seeds' mean")
     report.set_defaults(func=_cmd_report)
 
     bench = sub.add_parser("bench", help="time each family's training step beside Flax and PyTorch; write JSON, "
@@ -142,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the sequence-length and image-size curves")
     bench.set_defaults(func=_cmd_bench)
 
-    for command in (run, tour, report):
+    for command in (run, sweep, tour, report):
         command.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                              help="show a progress bar (default: only on a terminal)")
     return parser

@@ -1,5 +1,6 @@
-"""How much compute each claim gets. FULL fits about 20 minutes on two quiet CPU cores; QUICK under 3 minutes,
-at which several verdicts are expected to be "inconclusive at this budget"."""
+"""How much compute each claim gets. FULL trains every arm with 3 seeds and judges the seeds' 95% intervals (one
+seed fitted about 20 minutes on two quiet CPU cores; three take about three times as long); QUICK trains one
+seed each, in under 3 minutes, and several verdicts are expected to be "inconclusive at this budget"."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Budget:
     charlm_batch_size: int
     vision_steps: int  # the ViT and its linear baseline on the digits
     test_size: int  # test examples of the synthetic tasks
+    seeds: int = 1  # seeds of every training run; above 1 the checks judge the interval of their mean
 
     def __post_init__(self):
         module = f"Budget {self.name!r}"
@@ -50,7 +52,9 @@ FULL = Budget(
     charlm_batch_size=16,
     vision_steps=300,
     test_size=500,
+    seeds=3,
 )
+MIN_FULL_SEEDS = 3  # the full report's verdicts rest on intervals, which need a few seeds
 
 QUICK = Budget(
     name="quick",
@@ -68,3 +72,14 @@ QUICK = Budget(
     vision_steps=20,
     test_size=200,
 )
+
+
+def with_seeds(budget: Budget, seeds: int | None) -> Budget:
+    """`budget` with `seeds` seeds per run (None: its own); the full budget takes at least `MIN_FULL_SEEDS`."""
+    if seeds is None:
+        return budget
+    least = MIN_FULL_SEEDS if budget.name == FULL.name else 1
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < least:
+        fail(f"Budget {budget.name!r}", "seeds", seeds, f"an integer >= {least}"
+             + (" (the full report judges intervals over seeds)" if least > 1 else ""))
+    return dataclasses.replace(budget, seeds=seeds)

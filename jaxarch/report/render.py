@@ -15,7 +15,9 @@ RULE = ("Each check compares one measured number with the thresholds stated besi
         "side of the first threshold, does not hold past the second, and is inconclusive at this budget in "
         "between. A claim holds when all its checks hold, does not hold when any check does not, and is "
         "inconclusive otherwise, or whenever a precondition (what the comparison needs, such as a model having "
-        "learned at all) is unmet.")
+        "learned at all) is unmet. A number measured over several seeds is shown as its mean with the 95% "
+        "Student-t interval of the mean and n; such a check holds only when the whole interval is on the claim's "
+        "side of the first threshold, and does not hold only when the whole interval is past the second.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,8 @@ def blocks(report: Report) -> list[tuple]:
         out += [("image", figure.file, figure.caption) for figure in claim.figures]
         if claim.excerpt:
             out += [("paragraph", claim.excerpt_caption), ("verbatim", claim.excerpt)]
-        checks = tuple((c.what, c.value, c.holds_text(), c.fails_text(), c.outcome.value) for c in claim.checks)
+        checks = tuple((c.what, c.value_text(), c.holds_text(), c.fails_text(), c.outcome.value)
+                       for c in claim.checks)
         out.append(("table", Table(("check", "measured", "holds if", "does not hold if", "outcome"), checks)))
         if claim.notes:
             out.append(("paragraph", claim.notes))

@@ -45,8 +45,15 @@ class ClaimResult:
     def to_json(self) -> dict:
         return {
             "number": self.number, "title": self.title, "claim": self.claim, "verdict": self.verdict.value,
-            "checks": [{"what": c.what, "value": c.value, "holds_if": c.holds_text(), "fails_if": c.fails_text(),
-                        "outcome": c.outcome.value} for c in self.checks],
+            "checks": [{"what": c.what, "value": c.value, **_spread(c), "holds_if": c.holds_text(),
+                        "fails_if": c.fails_text(), "outcome": c.outcome.value} for c in self.checks],
             "numbers": self.numbers,
             "figures": [f.file for f in self.figures],
         }
+
+
+def _spread(check: Check) -> dict:
+    """A check measured over seeds: its per-seed values and the 95% interval of their mean."""
+    if not check.samples:
+        return {}
+    return {"samples": list(check.samples), "interval_95": list(check.interval) if check.interval else None}

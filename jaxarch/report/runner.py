@@ -46,7 +46,8 @@ def write_report(report: Report, out_dir: Path) -> None:
 def run_report(out_dir: str | Path, budget: Budget = FULL, *, claims: Sequence[ModuleType] = CLAIMS,
                command: str = "jaxarch report", progress: bool | None = False) -> Report:
     """Measures `claims` (modules of CLAIMS, by default all) with `budget` and writes the report into `out_dir`.
-    Training runs go to a temporary directory, removed at the end: the report keeps its numbers and figures."""
+    Training runs (each over `budget.seeds` seeds) go to a temporary directory, removed at the end: the report
+    keeps its numbers and figures."""
     if not isinstance(budget, Budget):
         raise ValueError(f"run_report: budget is {type(budget).__name__}, expected a jaxarch.report.Budget")
     unknown = [getattr(module, "__name__", repr(module)) for module in claims if module not in CLAIMS]
@@ -59,7 +60,7 @@ def run_report(out_dir: str | Path, budget: Budget = FULL, *, claims: Sequence[M
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     results = []
     with tempfile.TemporaryDirectory(prefix="jaxarch-report-") as workdir:
-        context = Context(budget, Runs(workdir, progress=progress), out_dir)
+        context = Context(budget, Runs(workdir, progress=progress, seeds=budget.seeds), out_dir)
         for module in claims:
             claim_start = time.perf_counter()
             result = module.run(context)
