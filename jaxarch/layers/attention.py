@@ -12,12 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxarch.checks import (check_axis_size, check_floating, check_positive_ints, check_rank, check_size_as_at_init,
                             fail, resolve_deterministic)
+from jaxarch.compat import concrete_or_none
 from jaxarch.layers.attention_cudnn import cudnn_unsupported as _cudnn_unsupported  # noqa: F401 (kept importable)
 from jaxarch.layers.attention_dispatch import BLOCKWISE_MIN_LOGITS_BYTES, IMPLEMENTATIONS, dot_product_attention
 from jaxarch.layers.attention_xla import CAUSAL_MAX_CHUNKS, CAUSAL_QUERY_CHUNK
@@ -217,8 +217,9 @@ class MultiHeadAttention(nn.Module):
             fail(module, "decode inputs batch/heads", f"key shape {key.shape}",
                  f"[{cached_key.value.shape[0]}, q_len, {key.shape[2]}, {key.shape[3]}] (the cache's batch)")
         index = cache_index.value
-        if not isinstance(index, jax.core.Tracer) and int(index) + q_len > length:
-            fail(module, "cache_index + decode input length", f"{int(index)} + {q_len}",
+        known_index = concrete_or_none(index)  # None under jit: a full cache can only be caught on known values
+        if known_index is not None and int(known_index) + q_len > length:
+            fail(module, "cache_index + decode input length", f"{int(known_index)} + {q_len}",
                  f"<= max_decode_length {length} (the cache is full)")
         if positions is None:
             positions = index + jnp.arange(q_len)

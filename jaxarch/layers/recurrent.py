@@ -31,6 +31,7 @@ from flax.core import FrozenDict
 
 from jaxarch.checks import (check_axis_size, check_floating, check_integer, check_positive_ints, check_rank,
                             check_size_as_at_init, fail)
+from jaxarch.compat import concrete_or_none
 # The cells and kernels are re-exported: every name this module defined before they moved out stays importable.
 from jaxarch.layers.recurrent_cells import (CELLS, Array, Carry, GRUCell, Initializer, LSTMCell,  # noqa: F401
                                             SimpleRNNCell, _check_carry, _check_chrono, _check_has_features,
@@ -226,11 +227,10 @@ def _check_seq_lengths(name: str, seq_lengths, batch: int, num_steps: int) -> No
     check_rank(name, "seq_lengths", seq_lengths, 1, "[batch]")
     check_axis_size(name, "seq_lengths", seq_lengths, 0, batch, meaning="batch")
     check_integer(name, "seq_lengths", seq_lengths)
-    if not isinstance(seq_lengths, jax.core.Tracer):
-        lengths = np.asarray(seq_lengths)
-        if lengths.size and (lengths.min() < 0 or lengths.max() > num_steps):
-            fail(name, "seq_lengths range", f"[{lengths.min()}, {lengths.max()}]", f"within [0, {num_steps}] "
-                 "(the time size)")
+    lengths = concrete_or_none(seq_lengths)  # None under jit: the range can only be checked on known values
+    if lengths is not None and lengths.size and (lengths.min() < 0 or lengths.max() > num_steps):
+        fail(name, "seq_lengths range", f"[{lengths.min()}, {lengths.max()}]", f"within [0, {num_steps}] "
+             "(the time size)")
 
 
 def concat_features(forward: Array, backward: Array) -> Array:

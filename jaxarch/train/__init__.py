@@ -8,5 +8,5 @@ from jaxarch.train.sweep import sweep  # the function; the module stays importab
 from jaxarch.train.tasks import TASKS, Task
 
 __all__ = ["TASKS", "Task", "TrainState", "count_params", "evaluate", "init_state", "make_eval_step",
-           "make_optimizer", "make_schedule", "make_train_step", "train_and_evaluate",
+           "make_optimizer", "make_schedule", "make_train_step", "sweep", "train_and_evaluate",
            "validate_config"]
