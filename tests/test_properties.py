@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_attention_masks import reference_attention
 
 from jaxarch import layers
 
@@ -105,20 +106,6 @@ def test_rnn_equals_a_hand_stepped_cell_with_lengths(cell_name, batch, time, in_
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
 
 
-def _attention_reference(q, k, v, mask):
-    """float64 softmax attention with a full boolean mask [B, H, Q, K]; rows with no key give zeros."""
-    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-    groups = q.shape[2] // k.shape[2]
-    k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)  # query head h reads kv head h // groups
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
-    logits = np.where(mask, logits, -np.inf)
-    peak = np.max(logits, axis=-1, keepdims=True)
-    weights = np.where(mask, np.exp(logits - np.where(np.isfinite(peak), peak, 0.0)), 0.0)
-    total = weights.sum(-1, keepdims=True)
-    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-    return np.einsum("bhqk,bkhd->bqhd", weights, v)
-
-
 @FEW
 @given(batch=st.integers(1, 3), q_len=st.integers(1, 6), kv_len=st.integers(1, 6), kv_heads=st.integers(1, 2),
        groups=st.integers(1, 3), head_dim=st.integers(1, 4), is_causal=st.booleans(),
@@ -137,4 +124,4 @@ def test_attention_equals_a_float64_formula(batch, q_len, kv_len, kv_heads, grou
         full = full & (np.arange(kv_len)[None, :] <= np.arange(q_len)[:, None])
     out = layers.dot_product_attention(q, k, v, mask=jnp.asarray(mask), is_causal=is_causal,
                                        implementation=implementation, q_chunk_size=2, kv_chunk_size=3)
-    np.testing.assert_allclose(out, _attention_reference(q, k, v, full), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, full), rtol=1e-4, atol=1e-5)
