@@ -54,6 +54,48 @@ def _expected_spatial(spatial, kernel, strides, padding, kernel_dilation=1, inpu
 # ------------------------------------------------------------------- shapes and equality with flax.linen
 
 
+def _flax_conv_has_reflect() -> bool:
+    """Whether the installed flax's `nn.Conv` accepts padding="REFLECT" (flax 0.10.0, the minimum, does not: it
+    passes the string on to `lax`, which raises at trace time)."""
+    try:
+        jax.eval_shape(nn.Conv(1, (2,), padding="REFLECT").init, jax.random.key(0), jnp.zeros((1, 3, 1)))
+    except RuntimeError:
+        return False
+    return True
+
+
+FLAX_CONV_HAS_REFLECT = _flax_conv_has_reflect()
+
+
+def _reflect_then_valid(kwargs, variables, x):
+    """What newer flax's `nn.Conv(**kwargs)` does for padding="REFLECT", spelled out: reflect-pad each spatial
+    axis of `x: [batch, *spatial, in]` by `((w - 1) // 2, w // 2)` for the dilated window `w`, then a "VALID"
+    `nn.Conv` with the same strides and groups."""
+    rank = x.ndim - 2
+    windows = [(k - 1) * d + 1 for k, d in zip(kwargs["kernel_size"], _per_axis(kwargs["kernel_dilation"], rank))]
+    pads = [(0, 0)] + [((w - 1) // 2, w // 2) for w in windows] + [(0, 0)]
+    padded = jnp.asarray(np.pad(np.asarray(x), pads, mode="reflect"))
+    return nn.Conv(**{**kwargs, "padding": "VALID"}).apply(variables, padded)
+
+
+def _flax_conv(kwargs, variables, x):
+    """`flax.linen.Conv(**kwargs)` on `x`; for "REFLECT" on a flax without it, `_reflect_then_valid`."""
+    if kwargs["padding"] == "REFLECT" and not FLAX_CONV_HAS_REFLECT:
+        return _reflect_then_valid(kwargs, variables, x)
+    return nn.Conv(**kwargs).apply(variables, x)
+
+
+@pytest.mark.skipif(not FLAX_CONV_HAS_REFLECT, reason="the installed flax's nn.Conv has no REFLECT padding")
+def test_spelled_out_reflect_reference_equals_flax_reflect():
+    """The stand-in for flax's REFLECT (used on flax versions without it) is what flax computes, where it has it."""
+    kwargs = dict(features=OUT, kernel_size=KERNEL[2], strides=(2, 1), padding="REFLECT", kernel_dilation=(1, 2),
+                  feature_group_count=2)
+    x = _inputs(2)
+    variables = _params(nn.Conv(**kwargs), x)
+    np.testing.assert_allclose(_reflect_then_valid(kwargs, variables, x), nn.Conv(**kwargs).apply(variables, x),
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("padding", ["SAME", "VALID", "CAUSAL", "CIRCULAR", "REFLECT", "explicit"])
 @pytest.mark.parametrize("strides,kernel_dilation,groups", [(1, 1, 1), (2, 1, 2), ((2, 1, 3), (1, 2, 1), 1),
@@ -74,7 +116,7 @@ def test_conv_shapes_and_equality_with_flax(rank, padding, strides, kernel_dilat
     chex.assert_shape(variables["params"]["kernel"], KERNEL[rank] + (IN // groups, features))
     chex.assert_shape(variables["params"]["bias"], (features,))
     if padding != "CAUSAL" or rank == 1:  # flax has CAUSAL for 1-D only
-        np.testing.assert_allclose(y, nn.Conv(**kwargs).apply(variables, x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(y, _flax_conv(kwargs, variables, x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("rank", [1, 2])

@@ -119,6 +119,23 @@ def _scan_into_own_buffers(body, carry, xs, reverse=False):
     return carry, jax.tree.unflatten(treedef, buffers)
 
 
+def _tangent_scan(body, tangent_carry, tangent_xs, coefficient_xs, reverse: bool):
+    """`lax.scan(body, tangent_carry, (tangent_xs, coefficient_xs), reverse=reverse)` for a `body` linear in the
+    carry and in `tangent_xs` (the JVP loops below), run as the JVP of that same scan at zero.
+
+    Reverse mode transposes this loop, and JAX's scan transpose needs the scan's `linear` flags to say which inputs
+    are tangents. A `lax.scan` written inside a `custom_jvp` rule has none set: JAX releases up to at least 0.8
+    then fail under `grad` with a bare AssertionError in `_scan_transpose` (newer ones read linearity from the
+    arguments). A scan reached through `jax.jvp` carries the flags in every release. As `body` is linear in the
+    carry and `tangent_xs`, the JVP at zero is the loop itself; its primal half, on zeros, is unused.
+    """
+    def loop(carry, xs):
+        return jax.lax.scan(body, carry, (xs, coefficient_xs), reverse=reverse)
+
+    zeros = jax.tree.map(jnp.zeros_like, (tangent_carry, tangent_xs))
+    return jax.jvp(loop, zeros, (tangent_carry, tangent_xs))[1]
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
 def _lstm_sequence(x, mask, carry, input_kernel, input_bias, recurrent_kernel, recurrent_bias, reverse):
     """`x: [T, B, in]`, `mask: [T, B]` bool or None, `carry: (c0, h0)`, each `[B, H]` ->
@@ -136,14 +153,14 @@ def _lstm_sequence_jvp(reverse, primals, tangents):
 
     def body(carry, scanned):
         dc, dh = carry
-        d_gates_t, coef_t, forget_t, out_coef_t, mask_t = scanned
+        d_gates_t, (coef_t, forget_t, out_coef_t, mask_t) = scanned
         scaled = (d_gates_t + dh @ recurrent_kernel) * coef_t
         d_i, d_f, d_g, d_o = jnp.split(scaled, 4, axis=-1)
         new_dc = d_i + d_f + d_g + forget_t * dc
         new_dh = d_o + out_coef_t * new_dc
         return (_masked(mask_t, new_dc, dc), _masked(mask_t, new_dh, dh)), _zero_masked(mask_t, new_dh)
 
-    (dc, dh), dys = jax.lax.scan(body, (dc0, dh0), (d_gates_in, gate_coef, forget, out_coef, mask), reverse=reverse)
+    (dc, dh), dys = _tangent_scan(body, (dc0, dh0), d_gates_in, (gate_coef, forget, out_coef, mask), reverse)
     return (carry, ys), ((dc, dh), dys)
 
 
@@ -176,11 +193,11 @@ def _rnn_sequence_jvp(reverse, primals, tangents):
     d_pre_in = _carry_independent_tangent(primals, tangents, h_prev, ys.shape)
 
     def body(dh, scanned):
-        d_pre_t, slope_t, mask_t = scanned
+        d_pre_t, (slope_t, mask_t) = scanned
         new_dh = (d_pre_t + dh @ recurrent_kernel) * slope_t
         return _masked(mask_t, new_dh, dh), _zero_masked(mask_t, new_dh)
 
-    dh, dys = jax.lax.scan(body, dh0, (d_pre_in, tanh_slope, mask), reverse=reverse)
+    dh, dys = _tangent_scan(body, dh0, d_pre_in, (tanh_slope, mask), reverse)
     return (h, ys), (dh, dys)
 
 
