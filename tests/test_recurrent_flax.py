@@ -26,10 +26,23 @@ def _inputs(key=0, shape=(BATCH, TIME, IN)):
     return jax.random.normal(jax.random.key(key), shape)
 
 
-class SowingCell(nn.RNNCellBase):
-    """A user's tanh RNN cell built from `nn.Dense`, which sows its new hidden state at every step."""
+class _UserCell(nn.RNNCellBase):
+    """What a user's cell needs besides its step: a zero `[batch, features]` carry."""
 
     features: int
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        del rng
+        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,))
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+class SowingCell(_UserCell):
+    """A user's tanh RNN cell built from `nn.Dense`, which sows its new hidden state at every step."""
 
     @nn.compact
     def __call__(self, carry, x):
@@ -37,35 +50,15 @@ class SowingCell(nn.RNNCellBase):
         self.sow("intermediates", "h", h)
         return h, h
 
-    @nn.nowrap
-    def initialize_carry(self, rng, input_shape):
-        del rng
-        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,))
 
-    @property
-    def num_feature_axes(self):
-        return 1
-
-
-class DropoutCell(nn.RNNCellBase):
+class DropoutCell(_UserCell):
     """Outputs a fresh dropout mask of ones at every step (the carry passes through), so `y[t]` shows step t's
     key."""
-
-    features: int
 
     @nn.compact
     def __call__(self, carry, x):
         mask = nn.Dropout(0.5, deterministic=False)(jnp.ones(x.shape[:-1] + (self.features,)))
         return carry, mask
-
-    @nn.nowrap
-    def initialize_carry(self, rng, input_shape):
-        del rng
-        return jnp.zeros(tuple(input_shape[:-1]) + (self.features,))
-
-    @property
-    def num_feature_axes(self):
-        return 1
 
 
 def _apply_with_intermediates(model, x, **kwargs):
