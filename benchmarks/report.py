@@ -13,6 +13,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxarch.benchmarks.timing import SPREAD_WARNING
+
 
 def _shape_text(shape: dict) -> str:
     return ", ".join(f"{key} {value}" for key, value in shape.items())
@@ -45,26 +47,33 @@ def header(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     lines = [header(result), "",
-             "| family | size | implementation | steps/s | ms/step | first step s | items/s | GFLOP/s "
-             "| of ceiling |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| family | size | implementation | steps/s | spread | ms/step | first step s | items/s | GFLOP/s "
+             "| of ceiling |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for family, entry in result["families"].items():
         unit = entry["item_unit"]
         for size, measured in entry["sizes"].items():
             for name, r in measured["results"].items():
                 lines.append(f"| {family} | {size} | {name} | {r['steps_per_second']:.2f} | "
-                             f"{1e3 * r['median_seconds']:.1f} | {r['compile_seconds']:.1f} | "
-                             f"{r['items_per_second']:.0f} {unit} | {r['gflops_per_second']:.1f} | "
+                             f"{_percent(r.get('spread'))} | {1e3 * r['median_seconds']:.1f} | "
+                             f"{r['compile_seconds']:.1f} | {r['items_per_second']:.0f} {unit} | {r['gflops_per_second']:.1f} | "
                              f"{_percent(r['fraction_of_matmul_ceiling'])} |")
     peers = sorted({peer for entry in result["families"].values() for measured in entry["sizes"].values()
                     for peer in measured["ratios"]})
-    lines += ["", "jaxarch's steps/s over each peer's, and the matmul ceiling timed beside them (same run):", "",
+    lines += ["", "spread: (slowest round - fastest round) / median, over the rounds that interleave a workload's "
+              "implementations.", "",
+              "jaxarch's steps/s over each peer's (in brackets: the lowest and highest round's ratio), and the matmul "
+              "ceiling timed beside them (same run):", "",
               "| family | size | shape | " + " | ".join(peers) + " | ceiling GFLOP/s |",
               "|---|---|---|" + "---:|" * (len(peers) + 1)]
     for family, entry in result["families"].items():
         for size, measured in entry["sizes"].items():
-            ratios = [f"{measured['ratios'][p]:.2f}" if p in measured["ratios"] else "-" for p in peers]
+            ratios = [_ratio_text(measured, p) for p in peers]
             lines.append(f"| {family} | {size} | {_shape_text(measured['shape'])} | " + " | ".join(ratios)
                          + f" | {measured['matmul_ceiling_gflops_per_second']:.0f} |")
+    if result.get("unsteady"):
+        lines += ["", f"**Unsteady figures** (rounds more than {100 * SPREAD_WARNING:.0f}% apart; the machine was "
+                  "busy or its state changed during the run, so rerun before quoting them):", ""]
+        lines += [f"- {line}" for line in result["unsteady"]]
     errors = [(family, size, name, text) for family, entry in result["families"].items()
               for size, measured in entry["sizes"].items() for name, text in measured["errors"].items()]
     if errors:
@@ -90,6 +99,14 @@ def markdown(result: dict) -> str:
 
         lines += ["", *markdown_lines(result["sweep_strategies"])]
     return "\n".join(lines) + "\n"
+
+
+def _ratio_text(measured: dict, peer: str) -> str:
+    if peer not in measured["ratios"]:
+        return "-"
+    text = f"{measured['ratios'][peer]:.2f}"
+    low_high = measured.get("ratio_ranges", {}).get(peer)
+    return text if low_high is None else f"{text} ({low_high[0]:.2f}-{low_high[1]:.2f})"
 
 
 def _scaling_table(curve: dict, axis: str, title: str) -> list[str]:

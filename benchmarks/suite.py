@@ -50,8 +50,8 @@ from jaxarch.benchmarks import curves, scaling
 from jaxarch.benchmarks import sweep as sweep_strategies
 from jaxarch.benchmarks.jax_models import IMPLEMENTATIONS, build_model, train_step
 from jaxarch.benchmarks.report import write_report
-from jaxarch.benchmarks.timing import (environment, matmul_step, time_runs_interleaved, timed_calls, torch_available,
-                                       write_json)
+from jaxarch.benchmarks.timing import (SPREAD_WARNING, environment, matmul_step, time_runs_interleaved, timed_calls,
+                                       torch_available, write_json)
 from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
 from jaxarch.benchmarks.workloads import FAMILIES, SIZES, Workload, check_family, make_data, workload
 from jaxarch.report.device import cpu_model
@@ -164,6 +164,8 @@ def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWor
             "median_seconds": timing.median_seconds,
             "compile_seconds": timing.compile_seconds,
             "repetitions": timing.repetitions,
+            "round_steps_per_second": [1.0 / seconds for seconds in timing.round_seconds],
+            "spread": timing.spread,
             "items_per_second": work.items_per_step * timing.steps_per_second,
             "gflops_per_second": work.train_flops * timing.steps_per_second / 1e9,
         }
@@ -180,9 +182,26 @@ def add_ratios(entry: dict, peak_flops: float | None) -> None:
         achieved = result["gflops_per_second"] * 1e9
         result["fraction_of_matmul_ceiling"] = achieved / (entry["matmul_ceiling_gflops_per_second"] * 1e9)
         result["model_flops_utilization"] = None if peak_flops is None else achieved / peak_flops
-    ours = results["jaxarch"]["steps_per_second"]
-    entry["ratios"] = {f"jaxarch/{peer}": ours / result["steps_per_second"]
-                       for peer, result in results.items() if peer != "jaxarch"}
+    ours = results["jaxarch"]
+    peers = {peer: result for peer, result in results.items() if peer != "jaxarch"}
+    entry["ratios"] = {f"jaxarch/{peer}": ours["steps_per_second"] / result["steps_per_second"]
+                       for peer, result in peers.items()}
+    # Round by round: the rounds interleave the implementations, so each pair was timed under the same load, and
+    # the range of the pairs' ratios is the run's error bar on the ratio.
+    entry["ratio_ranges"] = {}
+    for peer, result in peers.items():
+        pairs = [mine / theirs for mine, theirs in zip(ours.get("round_steps_per_second", []),
+                                                        result.get("round_steps_per_second", []))]
+        if pairs:
+            entry["ratio_ranges"][f"jaxarch/{peer}"] = [min(pairs), max(pairs)]
+
+
+def unsteady(families: dict) -> list[str]:
+    """A line for each implementation whose rounds differ by more than `SPREAD_WARNING` of its median."""
+    return [f"{family} {size} {name}: rounds differ by {100 * r['spread']:.0f}% of the median"
+            for family, entry in families.items() for size, measured in entry["sizes"].items()
+            for name, r in measured["results"].items()
+            if r.get("spread") is not None and r["spread"] > SPREAD_WARNING]
 
 
 def evaluate_targets(families: dict, backend: str) -> list[dict]:
@@ -266,6 +285,8 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
                 log(f"{family} {size}: " + ", ".join(f"{name} {r['steps_per_second']:.2f} steps/s"
                                                      for name, r in entry["results"].items())
                     + f"; matmul ceiling {entry['matmul_ceiling_gflops_per_second']:.1f} GFLOP/s")
+                for line in unsteady({family: {"sizes": {size: entry}}}):
+                    log(f"warning: unsteady: {line}; the machine was busy or its state changed during the run")
     finally:
         for each in (worker, mallopt_worker):
             if each is not None:
@@ -284,6 +305,7 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
             entries[size] = entry
         result["families"][family] = {"item_unit": work.item_unit, "sizes": entries}
     result["targets"] = evaluate_targets(result["families"], backend)
+    result["unsteady"] = unsteady(result["families"])
     if include_scaling:
         result["scaling"] = curves.run(quick=quick, dtype=dtype, log=log)
     if jax.device_count() > 1:

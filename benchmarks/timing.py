@@ -12,15 +12,32 @@ import jax
 import jax.numpy as jnp
 
 
+# A workload whose rounds differ by more than this fraction of its median is flagged: its figure depends on when
+# it was measured (other jobs, the host's memory state), so one run of it is not a figure to quote.
+SPREAD_WARNING = 0.10
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
+    """compile_seconds: the first call; median_seconds: over every timed call; round_seconds: each round's median,
+    in order (empty where the calls were not timed in rounds)."""
+
     compile_seconds: float
     median_seconds: float
     repetitions: int
+    round_seconds: tuple[float, ...] = ()
 
     @property
     def steps_per_second(self) -> float:
         return 1.0 / self.median_seconds
+
+    @property
+    def spread(self) -> float | None:
+        """(slowest round - fastest round) / the median: how far the figure moved within one run; None with fewer
+        than two rounds."""
+        if len(self.round_seconds) < 2:
+            return None
+        return (max(self.round_seconds) - min(self.round_seconds)) / self.median_seconds
 
 
 def time_jax_step(step: Callable, state, *args, repetitions: int = 20, warmup: int = 2) -> Timing:
@@ -89,10 +106,14 @@ def time_runs_interleaved(runs: dict[str, Callable[[int], list[float]]], *, roun
             wanted = math.ceil(target_seconds / (rounds * statistics.median(warm)))
             per_round[name] = max(min(2, repetitions), min(repetitions, wanted))
     times: dict[str, list[float]] = {name: [] for name in runs}
+    round_seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            times[name] += run(per_round[name])
-    return {name: Timing(compile_seconds[name], statistics.median(times[name]), len(times[name])) for name in runs}
+            this_round = run(per_round[name])
+            times[name] += this_round
+            round_seconds[name].append(statistics.median(this_round))
+    return {name: Timing(compile_seconds[name], statistics.median(times[name]), len(times[name]),
+                         tuple(round_seconds[name])) for name in runs}
 
 
 def matmul_step(dtype=jnp.float32, size: int = 2048) -> Callable[[], None]:

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 from jaxarch.benchmarks import suite
-from jaxarch.benchmarks.timing import time_runs_interleaved
+from jaxarch.benchmarks.report import markdown
+from jaxarch.benchmarks.timing import Timing, time_runs_interleaved
 from jaxarch.benchmarks.workloads import FAMILIES, forward_flops, shape_of, workload
 from jaxarch.cli import main
 from jaxarch.layers import attention as attention_lib
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-RESULT_KEYS = {"steps_per_second", "median_seconds", "compile_seconds", "repetitions", "items_per_second",
-               "gflops_per_second", "fraction_of_matmul_ceiling", "model_flops_utilization"}
+RESULT_KEYS = {"steps_per_second", "median_seconds", "compile_seconds", "repetitions", "round_steps_per_second",
+               "spread", "items_per_second", "gflops_per_second", "fraction_of_matmul_ceiling",
+               "model_flops_utilization"}
 
 
 def test_quick_suite_writes_every_family(tmp_path):
@@ -46,8 +48,13 @@ def test_quick_suite_writes_every_family(tmp_path):
         assert set(measured["results"]) == {"jaxarch", "flax"} and measured["errors"] == {}
         for name, r in measured["results"].items():
             assert set(r) == RESULT_KEYS, (family, name)
-            assert all(r[key] > 0 for key in RESULT_KEYS - {"model_flops_utilization"}), (family, name)
+            assert all(r[key] > 0 for key in RESULT_KEYS - {"model_flops_utilization", "round_steps_per_second",
+                                                            "spread"}), (family, name)
+            assert len(r["round_steps_per_second"]) >= 2 and r["spread"] >= 0, (family, name)
+            assert min(r["round_steps_per_second"]) <= r["steps_per_second"] <= max(r["round_steps_per_second"])
         assert set(measured["ratios"]) == {"jaxarch/flax"} and measured["ratios"]["jaxarch/flax"] > 0
+        low, high = measured["ratio_ranges"]["jaxarch/flax"]
+        assert 0 < low <= high
     assert result["targets"] == []  # they are set at the reference size
     sequence, images = result["scaling"]["sequence_length"], result["scaling"]["image_size"]
     assert {(p["model"], p["time"]) for p in sequence["points"]} == {
@@ -162,6 +169,39 @@ def test_interleaved_runs_scale_repetitions_to_the_target_time():
     assert timings["slow"].repetitions == 6 and np.isclose(timings["fast"].median_seconds, 0.001)
     with pytest.raises(ValueError, match="warmup >= 1 when target_seconds"):
         time_runs_interleaved({}, warmup=0, target_seconds=1.0)
+
+
+def test_rounds_give_each_figure_its_spread_and_each_ratio_its_range():
+    # Round medians 1, 2, 4 ms against a steady 2 ms peer: the ratio moves from 2x to 0.5x within the run.
+    seconds = {"ours": iter([0.001] * 3 + [0.002] * 2 + [0.004] * 2), "peer": iter([0.002] * 7)}
+    runs = {name: (lambda count, name=name: [next(seconds[name]) for _ in range(count)]) for name in seconds}
+    timings = time_runs_interleaved(runs, rounds=3, repetitions=2, warmup=0)
+    assert timings["ours"].round_seconds == (0.001, 0.002, 0.004)
+    assert np.isclose(timings["ours"].spread, (0.004 - 0.001) / 0.002) and timings["peer"].spread == 0.0
+    assert Timing(1.0, 0.5, 4, (0.5,)).spread is None  # one round says nothing about steadiness
+
+    def result_of(timing):
+        return {"steps_per_second": timing.steps_per_second, "round_steps_per_second":
+                [1 / s for s in timing.round_seconds], "spread": timing.spread, "gflops_per_second": 1.0}
+
+    entry = {"matmul_ceiling_gflops_per_second": 10.0, "shape": {"batch": 1},
+             "results": {"jaxarch": result_of(timings["ours"]), "flax": result_of(timings["peer"])}, "errors": {}}
+    suite.add_ratios(entry, None)
+    assert np.allclose(entry["ratio_ranges"]["jaxarch/flax"], [0.5, 2.0])
+    families = {"conv": {"item_unit": "images", "sizes": {"reference": entry}}}
+    assert suite.unsteady(families) == ["conv reference jaxarch: rounds differ by 150% of the median"]
+    for r in entry["results"].values():
+        r.update(median_seconds=1 / r["steps_per_second"], compile_seconds=1.0, items_per_second=1.0)
+    table = markdown({"families": families, "unsteady": suite.unsteady(families), "targets": [],
+                      **_HEADER_FIELDS})
+    assert "| 1.00 (0.50-2.00) |" in table and "**Unsteady figures**" in table
+    assert "- conv reference jaxarch: rounds differ by 150% of the median" in table
+
+
+_HEADER_FIELDS = {"torch": None, "matmul_ceiling": {"gflops_per_second_min": 10.0, "gflops_per_second_max": 10.0,
+                                                    "size": 2048, "dtype": "float32"},
+                  "date": "2026-12-06", "cpu": "test", "cores": 2, "backend": "cpu", "device": "cpu",
+                  "dtype": "float32", "quick": False, "jax": "x", "flax": "x", "xla_flags": ""}
 
 
 def test_bench_rejects_unknown_families_and_sizes(capsys):
