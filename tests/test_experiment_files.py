@@ -106,3 +106,26 @@ def test_a_missing_file_or_one_without_get_config_is_an_error(tmp_path, capsys):
     assert "has no get_config()" in capsys.readouterr().err
     assert main(["run", "mnist1d-cnnn"]) == 2
     assert "did you mean mnist1d-cnn" in capsys.readouterr().err
+
+
+def test_the_docs_experiment_files_run_by_their_paths(tmp_path, monkeypatch, capsys):
+    """docs/configs.md's two example files, as written there: a derived config, and one registering its model."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    blocks = [block for block in re.findall(r"^```python\n(.*?)^```$", page, flags=re.DOTALL | re.MULTILINE)
+              if "def get_config" in block]
+    wide, pooled = (block for block in blocks if "jaxarch run my_" in block)
+    (tmp_path / "my_wide_cnn.py").write_text(wide)
+    config = experiments.get_config(str(tmp_path / "my_wide_cnn.py"))
+    assert config.name == "my_wide_cnn" and tuple(config.model.features) == (64, 128, 256)
+
+    (tmp_path / "my_pooled_cnn.py").write_text(pooled)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "my_pooled_cnn.py", "--no-progress", "train.steps=3", "train.eval_every=0",
+                 "model.features=4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["experiment"] == "my_pooled_cnn" and result["steps"] == 3
+    assert json.loads((tmp_path / "runs" / "my_pooled_cnn" / "config.json").read_text())["model"]["name"] == \
+        "pooled-cnn"
