@@ -35,6 +35,13 @@ def test_quickstart_trains_its_own_module_with_optax_and_jit(capsys):
     assert "jaxarch.train" not in python_blocks(path)[0]
 
 
+def test_layers_page_example_composes_conv_lstm_and_attention():
+    path = ROOT / "docs" / "layers.md"
+    namespace = run_block(python_blocks(path)[0], path)
+    logits = namespace["logits"]
+    assert logits.shape == (8, 40, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
 def test_nnx_example_inits_calls_steps_the_carry_and_differentiates(capsys):
     from flax import nnx
 
@@ -58,3 +65,20 @@ def test_nnx_example_inits_calls_steps_the_carry_and_differentiates(capsys):
     grads = jax.tree.leaves(nnx.state(namespace["block_grads"]))
     assert grads and all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
     assert any(float(jnp.abs(g).max()) > 0 for g in grads)
+
+
+def test_nnx_example_decodes_with_the_cache_and_sows_weights():
+    from flax import nnx
+
+    from jaxarch.layers import MultiHeadAttention
+
+    path = ROOT / "docs" / "nnx.md"
+    namespace = run_block(python_blocks(path)[1], path)
+    tokens, decoder = namespace["tokens"], namespace["decoder"]
+    # The decoder's parameters in plain (non-decoding) attention over the whole sequence, causal.
+    params = nnx.to_pure_dict(nnx.state(decoder, nnx.Param))
+    reference = MultiHeadAttention(num_heads=2).apply({"params": params}, tokens, is_causal=True)
+    np.testing.assert_allclose(namespace["decoded"], reference, atol=1e-5)
+    weights = namespace["weights"]
+    assert weights.shape == (2, 2, 6, 6)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
