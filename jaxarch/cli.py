@@ -33,7 +33,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         initialize(*process_flags)
     config = override_config(experiments.get_config(args.name), args.overrides)
     validate_config(config)
-    workdir = Path(args.workdir or Path("runs") / args.name)
+    # config.name: the experiment's name, or an experiment file's stem.
+    workdir = Path(args.workdir or Path("runs") / config.name)
     # --restart empties the directory inside the run, under its lock, so a live run's directory is never emptied.
     result = train_and_evaluate(config, workdir, progress=args.progress, restart=args.restart,
                                 allow_config_change=args.allow_config_change)
@@ -53,9 +54,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if count < 1:
             raise ValueError(f"sweep: --seeds is {count}, expected a positive integer")
         seeds = list(range(count))
-    workdir = Path(args.workdir or Path("runs") / f"sweep-{args.name}")
+    config = experiments.get_config(args.name)
+    workdir = Path(args.workdir or Path("runs") / f"sweep-{config.name}")
     command = " ".join(["jaxarch sweep", args.name, *args.grid, *([f"--seeds {args.seeds}"] if args.seeds else [])])
-    summary = sweep(experiments.get_config(args.name), grid, seeds, workdir, strategy=args.strategy,
+    summary = sweep(config, grid, seeds, workdir, strategy=args.strategy,
                     members_per_group=args.members_per_group, progress=args.progress, command=command)
     print(json.dumps(summary))
     return 0
@@ -101,9 +103,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes its options and positionals (`key=value` pairs) in any order.
+
+    argparse's default parse ends a `nargs="*"` positional at the first option, so `jaxarch run NAME --workdir W
+    train.steps=200` would leave `train.steps=200` unrecognised. The top-level parser hands each command's
+    arguments to its parser's `parse_known_args`; this one parses them with `parse_known_intermixed_args`
+    (options first, then the positionals among what is left), which itself calls `parse_known_args` on some
+    Python versions: the flag sends those calls to argparse's own parse.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxarch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Every command's parser takes options and `key=value` pairs in any order (`_IntermixedParser`).
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
 
     sub.add_parser("list", help="print the experiments").set_defaults(func=_cmd_list)
 
@@ -119,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  3         a non-finite loss or gradient\n"
                "  143, 130  stopped by SIGTERM, SIGINT (128 + the signal) after finishing the step and writing a\n"
                "            checkpoint; the same command resumes. A second signal exits at once, same status.")
-    run.add_argument("name", help="experiment name, see `jaxarch list`")
+    run.add_argument("name", help="experiment name (see `jaxarch list`) or the path of an experiment file, a module "
+                     "with get_config()")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    run.add_argument("--workdir", help="run directory (default runs/NAME); resumes from its newest intact "
-                     "checkpoint")
+    run.add_argument("--workdir", help="run directory (default runs/NAME, for a file runs/STEM); resumes from "
+                     "its newest intact checkpoint")
     run.add_argument("--restart", action="store_true", help="delete the work directory's contents first (refused "
                      "while another run holds it)")
     run.add_argument("--allow-config-change", action="store_true",
@@ -138,12 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run an experiment over a grid of overrides and several seeds; summarise "
                            "each grid point as mean, std and 95%% interval (DIR/summary.md, summary.json)")
-    sweep.add_argument("name", help="experiment name, see `jaxarch list`")
+    sweep.add_argument("name", help="experiment name (see `jaxarch list`) or the path of an experiment file")
     sweep.add_argument("grid", nargs="*", metavar="key=v1,v2", help="dotted config keys and the values to try; the "
                        "grid is their product (seed=0,1,2 lists the seeds)")
     sweep.add_argument("--seeds", type=int, help="seeds 0..N-1 per grid point (default 5)")
-    sweep.add_argument("--workdir", help="sweep directory (default runs/sweep-NAME); a member's run directory is "
-                       "DIR/<grid point>/seed=S; started again, finished members are skipped, others resume")
+    sweep.add_argument("--workdir", help="sweep directory (default runs/sweep-NAME, for a file runs/sweep-STEM); a "
+                       "member's run directory is DIR/<grid point>/seed=S; started again, finished members are "
+                       "skipped, others resume")
     sweep.add_argument("--strategy", default="auto", choices=["auto", "vmap", "sequential"],
                        help="vmap: stack members into one jitted step; sequential: one after another; auto: vmap "
                             "on GPU/TPU, sequential on CPU")
