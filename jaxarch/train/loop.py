@@ -25,7 +25,7 @@ from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_ro
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
-                                     validate_config)
+                                     validate_config, with_experiment_name)
 from jaxarch.train.records import (CONFIG, MetricsLog, config_dict, plot_learning_curve, read_saved_config,
                                    write_atomically, write_config)
 from jaxarch.train.resume import check_config, check_steps, checkpoint_mismatch, config_changes, record_history
@@ -88,6 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     `train.nonfinite="stop"`) after the last good checkpoint has been written out.
     """
     validate_config(config)
+    config = with_experiment_name(config)
     workdir = prepare_workdir(workdir)
     with workdir_lock(workdir), StopRequests(num_processes=jax.process_count()) as stop:
         if restart:
