@@ -167,24 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="continue a prompt with a trained language-model run (charlm-gpt, "
                               "charlm-lstm, ...); prints the prompt and its continuation")
-    generate.add_argument("run_dir", help="the run's work directory (as given to `jaxarch run --workdir`)")
-    generate.add_argument("--prompt", help="the text to continue (default: the start of the run's held-out text, "
-                          "or the config's sample.prompt when it sets one)")
-    generate.add_argument("--num-tokens", type=int, help="tokens to generate (default: the config's "
+    generate.add_argument("run_dir", metavar="RUN_DIR",
+                          help="the run's work directory (as given to `jaxarch run --workdir`)")
+    generate.add_argument("--prompt", metavar="TEXT", help="the text to continue (default: the start of the run's "
+                          "held-out text, or the config's sample.prompt when it sets one)")
+    generate.add_argument("--num-tokens", type=int, metavar="N", help="tokens to generate (default: the config's "
                           "sample.num_tokens, else 200); a GPT goes on past its context by recomputing")
-    generate.add_argument("--temperature", type=float, help="0 is greedy (default: the config's "
+    generate.add_argument("--temperature", type=float, metavar="T", help="0 is greedy (default: the config's "
                           "sample.temperature, else 0.8)")
-    generate.add_argument("--top-k", type=int, help="sample among the k most likely tokens only (default: all)")
-    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    generate.add_argument("--step", type=_step_argument, default="best",
+    generate.add_argument("--top-k", type=int, metavar="K",
+                          help="sample among the k most likely tokens only (default: all)")
+    generate.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+    generate.add_argument("--step", type=_step_argument, default="best", metavar="best|latest|N",
                           help="the checkpoint: best (default), latest or a step number")
     generate.set_defaults(func=_cmd_generate)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run's checkpoint; the last stdout line is a "
                               "JSON of its metrics, keyed as `jaxarch run`'s")
-    evaluate.add_argument("run_dir", help="the run's work directory (as given to `jaxarch run --workdir`)")
-    evaluate.add_argument("--split", help="one evaluation split (default: every split of the dataset)")
-    evaluate.add_argument("--step", type=_step_argument, default="best",
+    evaluate.add_argument("run_dir", metavar="RUN_DIR",
+                          help="the run's work directory (as given to `jaxarch run --workdir`)")
+    evaluate.add_argument("--split", metavar="NAME",
+                          help="one evaluation split (default: every split of the dataset)")
+    evaluate.add_argument("--step", type=_step_argument, default="best", metavar="best|latest|N",
                           help="the checkpoint: best (default), latest or a step number")
     evaluate.set_defaults(func=_cmd_evaluate)
 
