@@ -23,5 +23,5 @@ def get_config():
     config.train.steps = 2000
     config.train.eval_every = 500
     config.train.eval_batch_size = 64
-    config.sample = {"prompt": "def ", "num_tokens": 300, "temperature": 0.8}
+    config.sample = {"prompt": "", "num_tokens": 300, "temperature": 0.8}  # "": the start of the held-out text
     return config

@@ -1,5 +1,5 @@
-"""The `jaxarch` command: list, run and tour the experiments; benchmark the families; measure the chapter's
-claims (`report`)."""
+"""The `jaxarch` command: list, run and tour the experiments; use a finished run (`generate`, `evaluate`);
+benchmark the families; measure the chapter's claims (`report`)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = train_and_evaluate(config, workdir, progress=args.progress, restart=args.restart,
                                 allow_config_change=args.allow_config_change)
     print(json.dumps(result))
+    return 0
+
+
+def _step_argument(text: str) -> str | int:
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not 'best', 'latest' or a step number")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from jaxarch import load_run
+
+    run = load_run(args.run_dir, step=args.step)
+    prompt = run.default_prompt() if args.prompt is None else args.prompt
+    text = run.generate(prompt, args.num_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(prompt + text)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from jaxarch import load_run
+
+    run = load_run(args.run_dir, step=args.step)
+    metrics = run.evaluate(args.split)
+    # The keys of `jaxarch run`'s final line ("validation_loss"), so the two lines compare field by field.
+    print(json.dumps({"experiment": run.config.name, "run_dir": str(run.run_dir), "step": run.step,
+                      **{key.replace("/", "_"): value for key, value in metrics.items()}}))
     return 0
 
 
@@ -161,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-processes", type=int, help="processes in the run (implies --distributed)")
     run.add_argument("--process-id", type=int, help="this process, 0 to num_processes - 1 (implies --distributed)")
     run.set_defaults(func=_cmd_run)
+
+    generate = sub.add_parser("generate", help="continue a prompt with a trained language-model run (charlm-gpt, "
+                              "charlm-lstm, ...); prints the prompt and its continuation")
+    generate.add_argument("run_dir", metavar="RUN_DIR",
+                          help="the run's work directory (as given to `jaxarch run --workdir`)")
+    generate.add_argument("--prompt", metavar="TEXT", help="the text to continue (default: the start of the run's "
+                          "held-out text, or the config's sample.prompt when it sets one)")
+    generate.add_argument("--num-tokens", type=int, metavar="N", help="tokens to generate (default: the config's "
+                          "sample.num_tokens, else 200); a GPT goes on past its context by recomputing")
+    generate.add_argument("--temperature", type=float, metavar="T", help="0 is greedy (default: the config's "
+                          "sample.temperature, else 0.8)")
+    generate.add_argument("--top-k", type=int, metavar="K",
+                          help="sample among the k most likely tokens only (default: all)")
+    generate.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+    generate.add_argument("--step", type=_step_argument, default="best", metavar="best|latest|N",
+                          help="the checkpoint: best (default), latest or a step number")
+    generate.set_defaults(func=_cmd_generate)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run's checkpoint; the last stdout line is a "
+                              "JSON of its metrics, keyed as `jaxarch run`'s")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR",
+                          help="the run's work directory (as given to `jaxarch run --workdir`)")
+    evaluate.add_argument("--split", metavar="NAME",
+                          help="one evaluation split (default: every split of the dataset)")
+    evaluate.add_argument("--step", type=_step_argument, default="best", metavar="best|latest|N",
+                          help="the checkpoint: best (default), latest or a step number")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     sweep = sub.add_parser("sweep", help="run an experiment over a grid of overrides and several seeds; summarise "
                            "each grid point as mean, std and 95%% interval (DIR/summary.md, summary.json)")

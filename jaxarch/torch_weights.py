@@ -14,6 +14,20 @@ Usage, a 3-layer bidirectional LSTM:
 
 and a single-layer `RNN(LSTMCell(128))`: `model.apply({"params": rnn_params_from_torch(state, "lstm")}, x)`.
 
+Inside one's own module the converted parameters go where `init` put that layer's: `place_params` copies a
+parameter tree with a converted subtree at a path, checking every name and shape against what is there. For a
+cell created in the user's module (Flax names it `LSTMCell_0`) convert the cell alone:
+
+    class Tagger(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5)(RNN(LSTMCell(128))(x))
+
+    params = Tagger().init(rng, x)["params"]  # {"LSTMCell_0": {...}, "Dense_0": {...}}
+    params = place_params(params, "LSTMCell_0", cell_params_from_torch(state, "lstm"))
+
+and a `StackedRNN` inside it with `place_params(params, "StackedRNN_0", lstm_params_from_torch(state, 2))`.
+
 Carries differ in layout only: a torch LSTM returns `(h_n, c_n)` stacked `[layers * directions, batch, H]`, a
 jaxarch one `(c, h)` per layer (per direction). A torch `nn.RNN(nonlinearity="relu")` maps to
 `SimpleRNNCell(activation_fn=jax.nn.relu)`: the nonlinearity is not in the state_dict.
@@ -26,6 +40,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from flax.core import meta
 
 from jaxarch.checks import fail
 
@@ -180,3 +195,69 @@ def simple_rnn_params_from_torch(state_dict: Mapping[str, Any], num_layers: int 
         StackedRNN("rnn", (32, 32)).apply({"params": params}, x)  # == rnn(x)[0]
     """
     return stacked_params_from_torch(state_dict, "rnn", num_layers, bidirectional, prefix=prefix, dtype=dtype)
+
+
+def _keys_at(node) -> str:
+    return str(sorted(node)) if isinstance(node, Mapping) else f"a {type(node).__name__}"
+
+
+def place_params(params: Mapping[str, Any], path: str | tuple[str, ...], converted: Mapping[str, Any]) -> dict:
+    """A copy of the parameter tree `params` with `converted` at `path`, e.g. "Encoder_0/LSTMCell_0".
+
+    `params` is the "params" collection of one's own module as `init` created it; `path` names the layer to
+    fill ("/"-separated, or a tuple of keys); `converted` is what a `*_from_torch` function returned for that
+    layer. The entry at `path` must hold exactly the names of `converted`, with the same shapes, so a tree
+    meant for another level (`{"cell": ...}` for a cell, a stack's `layer_0` for one layer) is an error naming
+    the path and what is there instead. Values take the dtype the tree holds there; boxed parameters
+    (`nn.LogicallyPartitioned`) keep their boxes.
+    """
+    keys = tuple(path.split("/")) if isinstance(path, str) else tuple(path)
+    if not keys or not all(isinstance(key, str) and key for key in keys):
+        fail(_MODULE, "path", repr(path), "a '/'-separated path of the parameter tree, e.g. 'Encoder_0/LSTMCell_0'")
+    node = params
+    for depth, key in enumerate(keys):
+        if not isinstance(node, Mapping) or key not in node:
+            where = "/".join(keys[:depth]) or "the top level"
+            fail(_MODULE, f"path {'/'.join(keys)!r}", f"missing ({where} holds {_keys_at(node)})",
+                 "a path of the parameter tree, as init named the layer")
+        node = node[key]
+    _check_same_tree("/".join(keys), node, converted)
+    return _replaced(params, keys, converted)
+
+
+def _check_same_tree(where: str, existing, converted) -> None:
+    if isinstance(existing, Mapping) != isinstance(converted, Mapping):
+        fail(_MODULE, f"converted parameters for {where!r}", _keys_at(converted),
+             f"{_keys_at(existing)}, what the parameter tree holds there")
+    if not isinstance(existing, Mapping):
+        old_shape, new_shape = np.shape(meta.unbox(existing)), np.shape(converted)
+        if old_shape != new_shape:
+            fail(_MODULE, f"converted {where!r} shape", new_shape, f"{old_shape}, the shape the parameter tree holds "
+                 "there")
+        return
+    if set(existing) != set(converted):
+        hint = ""
+        if set(converted) == {"cell"} and "input_kernel" in existing:
+            hint = "; a cell takes cell_params_from_torch(...), not rnn_params_from_torch's {'cell': ...}"
+        elif "cell" in existing and "input_kernel" in converted:
+            hint = f"; this is an RNN: place the cell's parameters at '{where}/cell'"
+        fail(_MODULE, f"converted parameters for {where!r}", _keys_at(converted),
+             f"{_keys_at(existing)}, what the parameter tree holds there{hint}")
+    for key in existing:
+        _check_same_tree(f"{where}/{key}", existing[key], converted[key])
+
+
+def _replaced(node, keys: tuple[str, ...], converted):
+    """`node` with `converted` at `keys` (a new dict along the path; every other branch shared)."""
+    if not keys:
+        return _reboxed(node, converted)
+    head, *rest = keys
+    return {**node, head: _replaced(node[head], tuple(rest), converted)}
+
+
+def _reboxed(existing, converted):
+    if isinstance(existing, Mapping):
+        return {key: _reboxed(existing[key], converted[key]) for key in existing}
+    if isinstance(existing, meta.AxisMetadata):
+        return existing.replace_boxed(jnp.asarray(converted, jnp.result_type(existing.unbox())))
+    return jnp.asarray(converted, jnp.result_type(existing))

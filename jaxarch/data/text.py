@@ -102,6 +102,14 @@ class CharCorpus:
     def decode(self, ids) -> str:
         return "".join(self.alphabet[i - 1] if 0 < i <= len(self.alphabet) else "\ufffd" for i in np.asarray(ids))
 
+    def default_prompt(self, max_chars: int = 32) -> str:
+        """The prompt a sample starts from when none is given: the start of the held-out text (so it is text of
+        the corpus's own kind, English or Python alike), up to `max_chars` characters, cut after its last space
+        or line break when it has one so that the sample starts at a word."""
+        head = self.decode(self.validation_ids[:max_chars])
+        cut = max(head.rfind(" "), head.rfind("\n"))
+        return head[:cut + 1] if cut > 0 else head
+
     def _windows(self, ids: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         offsets = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
         windows = ids[offsets]

@@ -127,6 +127,22 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, is_causal: bool = False,
                  deterministic: bool | None = None, return_weights: bool = False, positions=None):
+        """Attends from `inputs_q` to `inputs_kv` (or to itself).
+
+        Args:
+          inputs_q: `[batch, q_len, features]` float queries.
+          inputs_kv: `[batch, kv_len, kv_features]` keys and values; None for self-attention.
+          mask: bool, True means attend, broadcastable to `[batch, heads, q_len, kv_len]` (a `[batch, kv_len]`
+            padding mask goes in as `mask[:, None, None, :]`); when decoding, `kv_len` is `max_decode_length`.
+          bias: float, added to the logits, broadcastable as `mask`.
+          is_causal: hide the keys after each query (self-attention).
+          deterministic: no attention dropout; as the field, exactly one of the two when `dropout_rate > 0`.
+          return_weights: also return the weights `[batch, heads, q_len, kv_len]`.
+          positions: int `[q_len]` or `[batch, q_len]` absolute positions for RoPE (default `arange(q_len)`, or the
+            cache index onwards when decoding).
+
+        Returns: `[batch, q_len, out_features]`, or `(out, weights)` with `return_weights`.
+        """
         module = "MultiHeadAttention"
         deterministic = resolve_deterministic(module, self.deterministic, deterministic,
                                               {"dropout_rate": self.dropout_rate})

@@ -160,6 +160,9 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        """`inputs: [batch, *spatial, in_features]` (or unbatched `[*spatial, in_features]`) ->
+        `[batch, *out_spatial, features]` (unbatched in, unbatched out); `len(spatial) == len(kernel_size)`.
+        """
         label = _label(self)
         kernel_size = check_positive_ints(label, "kernel_size", self.kernel_size)
         rank = len(kernel_size)
@@ -270,6 +273,9 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        """`inputs: [batch, *spatial, in_features]` (or unbatched `[*spatial, in_features]`) ->
+        `[batch, *out_spatial, features]` (unbatched in, unbatched out); see the class docstring for the output size.
+        """
         label = _label(self)
         kernel_size = check_positive_ints(label, "kernel_size", self.kernel_size)
         rank = len(kernel_size)

@@ -178,9 +178,13 @@ def check_dense(module: str, name: str, x, target, dtype_kind: str):
              "bool (True means attend); pass additive masks as bias=")
     if dtype_kind == "float":
         check_floating(module, name, x)
-    x = as_rank4(module, name, x)
-    check_broadcastable(module, name, x.shape, target, "[batch, heads, q_len, kv_len]")
-    return x
+    given = tuple(np.shape(x))  # the caller's shape, which the message quotes, not the padded one
+    check_rank(module, name, x, (1, 2, 3, 4), "broadcastable to [batch, heads, q_len, kv_len]")
+    layout = "[batch, heads, q_len, kv_len] (lower ranks align with its last axes)"
+    if len(given) == 2 and given == (target[0], target[3]) and given != (target[2], target[3]):
+        layout += f"; a [batch, kv_len] padding {name} goes in as {name}[:, None, None, :]"
+    check_broadcastable(module, name, given, target, layout)
+    return as_rank4(module, name, x)
 
 
 def check_mask_and_bias(module: str, mask, bias, target) -> None:
@@ -259,18 +263,19 @@ def padding_mask(*, kv_lengths=None, kv_len: int | None = None, q_lengths=None, 
 def combine_masks(*masks):
     """Logical AND of boolean masks, skipping None; None when every mask is None. Returns rank 4."""
     module = "combine_masks"
-    present = []
+    present, given = [], []
     for index, mask in enumerate(masks):
         if mask is None:
             continue
         if jnp.result_type(mask) != jnp.bool_:
             fail(module, f"masks[{index}] dtype", str(jnp.result_type(mask)), "bool (True means attend)")
+        given.append(tuple(np.shape(mask)))
         present.append(as_rank4(module, f"masks[{index}]", mask))
     if not present:
         return None
     try:
         np.broadcast_shapes(*(m.shape for m in present))
     except ValueError:
-        fail(module, "mask shapes", str([tuple(m.shape) for m in present]),
-             "shapes broadcastable to one [batch, heads, q_len, kv_len]")
+        fail(module, "mask shapes", str(given), "shapes broadcastable to one [batch, heads, q_len, kv_len] "
+             "(lower ranks align with its last axes)")
     return functools.reduce(jnp.logical_and, present)

@@ -54,6 +54,9 @@ class LearnedPositionEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, positions=None):
+        """`inputs: [batch, time, features]` float plus the table's rows at `positions` (int `[time]` or
+        `[batch, time]`, default `arange(time)`, each below `max_length`) -> `[batch, time, features]`.
+        """
         module = "LearnedPositionEmbedding"
         check_rank(module, "inputs", inputs, 3, "[batch, time, features]")
         check_floating(module, "inputs", inputs)
@@ -180,6 +183,9 @@ class RelativePositionBias(nn.Module):
 
     @nn.compact
     def __call__(self, q_len: int, kv_len: int, offset=0):
+        """The bias for `q_len` queries at positions `offset + arange(q_len)` (an int or a traced int scalar) and
+        `kv_len` keys at `arange(kv_len)` -> float32 `[1, num_heads, q_len, kv_len]`, to pass as attention `bias`.
+        """
         module = "RelativePositionBias"
         check_positive_ints(module, "num_heads", self.num_heads)
         check_positive_ints(module, "max_distance", self.max_distance)

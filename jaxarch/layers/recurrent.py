@@ -255,6 +255,16 @@ class Bidirectional(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, *, seq_lengths: Array | None = None, initial_carry: Carry | None = None,
                  return_carry: bool | None = None) -> Array | tuple[Carry, Array]:
+        """`inputs: [batch, time, in]` -> `merge_fn(forward, backward)` (default `[batch, time, H_f + H_b]`).
+
+        Args:
+          inputs: `[batch, time, in]` floats.
+          seq_lengths: int `[batch]`: each direction reads only the first `seq_lengths[b]` steps.
+          initial_carry: a `(forward, backward)` pair of carries (default: each cell's `initialize_carry`).
+          return_carry: also return `(forward_carry, backward_carry)` (default: the field).
+
+        Returns: the merged outputs, or `((forward_carry, backward_carry), outputs)` with `return_carry`.
+        """
         name = "Bidirectional"
         return_carry = self.return_carry if return_carry is None else return_carry
         check_rank(name, "inputs", inputs, 3, "[batch, time, features]")
@@ -310,6 +320,17 @@ class StackedRNN(nn.Module):
     def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
                  initial_carry: Sequence[Carry] | None = None, deterministic: bool = True,
                  return_carry: bool | None = None) -> Array | tuple[tuple[Carry, ...], Array]:
+        """`inputs: [batch, time, in]` -> `[batch, time, hidden_sizes[-1] * (2 if bidirectional else 1)]`.
+
+        Args:
+          inputs: `[batch, time, in]` floats.
+          seq_lengths: int `[batch]`: outputs at `t >= seq_lengths[b]` are zero and never read.
+          initial_carry: one carry per layer (a `(forward, backward)` pair per layer when bidirectional).
+          deterministic: no dropout between layers (False needs a "dropout" rng).
+          return_carry: also return the final carries, one per layer (default: the field).
+
+        Returns: the last layer's outputs, or `(carries, outputs)` with `return_carry`.
+        """
         name = "StackedRNN"
         return_carry = self.return_carry if return_carry is None else return_carry
         sizes = check_positive_ints(name, "hidden_sizes", self.hidden_sizes)

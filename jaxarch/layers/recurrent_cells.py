@@ -192,8 +192,13 @@ class _FusedGateCell(nn.RNNCellBase):
         """The named parameters' values, unboxed (`get_variable`, unlike `param`, returns them as stored)."""
         values = [nn.unbox(self.get_variable("params", n)) for n in names]
         if any(v is None for v in values):
-            fail(type(self).__name__, "parameters", "missing", "project_inputs (or __call__) to run first; it "
-                 "declares them")
+            missing = [n for n, v in zip(names, values) if v is None]
+            path = "/".join(self.scope.path) if self.scope is not None else ""
+            fail(type(self).__name__, f"parameters {missing} at params/{path}",
+                 f"missing ({_found_along(self, path)})",
+                 "the parameters init created there: a converted tree goes at the cell's own path, e.g. "
+                 f"jaxarch.torch_weights.place_params(params, {path!r}, cell_params_from_torch(...)); at init, "
+                 "project_inputs (or __call__) runs first and declares them")
         return values
 
     def fused_weights(self, x: Array) -> tuple[Array, Array, Array, Array]:
@@ -222,6 +227,24 @@ class _FusedGateCell(nn.RNNCellBase):
         expected = jax.eval_shape(lambda: self.initialize_carry(jax.random.key(0), x.shape))
         _check_carry(name, "carry", carry, expected, f"initialize_carry for inputs {x.shape}")
         return self.step_projected(carry, self.project_inputs(x))
+
+
+def _found_along(module: nn.Module, path: str) -> str:
+    """What the "params" passed to `apply` hold along `path`: the deepest entry that exists and its keys, so that a
+    tree placed one level off (`{"cell": ...}` where the cell is `LSTMCell_0`) is visible in the message."""
+    try:
+        node = module.scope.root.variables().get("params", {})
+    except Exception:  # noqa: BLE001 - inside a lifted transform the root may not be readable: say less
+        return "the params passed to apply could not be listed here"
+    reached = []
+    for key in path.split("/") if path else []:
+        if not hasattr(node, "keys") or key not in node:
+            break
+        node = node[key]
+        reached.append(key)
+    where = "params/" + "/".join(reached) if reached else "the top level of params"
+    keys = sorted(node.keys()) if hasattr(node, "keys") else type(node).__name__
+    return f"{where} holds {keys}"
 
 
 class SimpleRNNCell(_FusedGateCell):

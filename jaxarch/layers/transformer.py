@@ -61,6 +61,9 @@ class MLPBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool | None = None):
+        """`x: [..., features]` -> `[..., out_features or features]`; `deterministic` (or the field, exactly one
+        when `dropout_rate > 0`) turns dropout off.
+        """
         module = "MLPBlock"
         deterministic = resolve_deterministic(module, self.deterministic, deterministic,
                                               {"dropout_rate": self.dropout_rate})
@@ -136,6 +139,16 @@ class EncoderBlock(_BlockFields):
 
     @nn.compact
     def __call__(self, x, *, mask=None, bias=None, deterministic: bool | None = None, positions=None):
+        """`x: [batch, time, features]` -> `[batch, time, features]`.
+
+        Args:
+          x: `[batch, time, features]` floats.
+          mask: bool, True means attend, broadcastable to `[batch, heads, time, time]` (a `[batch, time]` padding mask
+            goes in as `mask[:, None, None, :]`).
+          bias: float attention bias, broadcastable as `mask`.
+          deterministic: no dropout; as the field, exactly one of the two when a dropout rate is above 0.
+          positions: int `[time]` or `[batch, time]` positions for RoPE (default `arange(time)`).
+        """
         deterministic = self._deterministic("EncoderBlock", deterministic)
         _check_features("EncoderBlock", "x", x, self, ("attention_norm", "scale"))
         _check_self_attention_mask("EncoderBlock", self, x, mask, bias)
@@ -165,6 +178,19 @@ class DecoderBlock(_BlockFields):
     @nn.compact
     def __call__(self, x, encoder_outputs=None, *, mask=None, bias=None, encoder_mask=None,
                  deterministic: bool | None = None, positions=None):
+        """`x: [batch, time, features]` -> `[batch, time, features]`, causal self-attention then (when the block
+        has cross-attention) attention to `encoder_outputs`.
+
+        Args:
+          x: `[batch, time, features]` floats.
+          encoder_outputs: `[batch, source_time, features]`, required with cross-attention, else None.
+          mask: bool, further restricts self-attention, broadcastable to `[batch, heads, time, time]` (when decoding,
+            `[batch, heads, time, max_decode_length]`).
+          bias: float self-attention bias, broadcastable as `mask`.
+          encoder_mask: bool, broadcastable to `[batch, heads, time, source_time]`.
+          deterministic: no dropout; as the field, exactly one of the two when a dropout rate is above 0.
+          positions: int positions for RoPE (default `arange(time)`, or the cache index onwards when decoding).
+        """
         module = "DecoderBlock"
         deterministic = self._deterministic(module, deterministic)
         _check_features(module, "x", x, self, ("self_attention_norm", "scale"))
@@ -233,6 +259,16 @@ class TransformerEncoder(_BlockFields):
 
     @nn.compact
     def __call__(self, x, *, mask=None, bias=None, deterministic: bool | None = None, positions=None):
+        """`x: [batch, time, features]` -> `[batch, time, features]` (after the final LayerNorm).
+
+        Args:
+          x: `[batch, time, features]` floats.
+          mask: bool, True means attend, broadcastable to `[batch, heads, time, time]` (a `[batch, time]` padding mask
+            goes in as `mask[:, None, None, :]`).
+          bias: float attention bias, broadcastable as `mask`.
+          deterministic: no dropout; as the field, exactly one of the two when a dropout rate is above 0.
+          positions: int `[time]` or `[batch, time]` positions for RoPE (default `arange(time)`).
+        """
         deterministic = self._deterministic("TransformerEncoder", deterministic)
         _check_features("TransformerEncoder", "x", x, self, ("final_norm", "scale"))
         _check_self_attention_mask("TransformerEncoder", self, x, mask, bias)
@@ -261,6 +297,18 @@ class TransformerDecoder(_BlockFields):
     @nn.compact
     def __call__(self, x, encoder_outputs=None, *, mask=None, bias=None, encoder_mask=None,
                  deterministic: bool | None = None, positions=None):
+        """`x: [batch, time, features]` -> `[batch, time, features]` (after the final LayerNorm); causal.
+
+        Args:
+          x: `[batch, time, features]` floats.
+          encoder_outputs: `[batch, source_time, features]` for cross-attention, else None.
+          mask: bool, further restricts self-attention, broadcastable to `[batch, heads, time, time]` (when decoding,
+            `[batch, heads, time, max_decode_length]`).
+          bias: float self-attention bias, broadcastable as `mask`.
+          encoder_mask: bool, broadcastable to `[batch, heads, time, source_time]`.
+          deterministic: no dropout; as the field, exactly one of the two when a dropout rate is above 0.
+          positions: int positions for RoPE (default `arange(time)`, or the cache index onwards when decoding).
+        """
         deterministic = self._deterministic("TransformerDecoder", deterministic)
         _check_features("TransformerDecoder", "x", x, self, ("final_norm", "scale"))
         if not self.decode:

@@ -63,6 +63,10 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """`x: [batch, *spatial, channels]` floats, `len(spatial) == len(kernel_size)` -> logits
+        `[batch, num_outputs]`. `train`: batch statistics are computed and updated (norm="batch", with
+        `mutable=["batch_stats"]`) and dropout is on (a "dropout" rng).
+        """
         self._check(x)
         act = activation("CNN", self.activation)
         pool = _POOLS[self.pool]

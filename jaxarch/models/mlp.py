@@ -28,6 +28,7 @@ class LogisticRegression(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """`x: [batch, *features]` floats (flattened) -> logits `[batch, num_outputs]`; `train` changes nothing."""
         del train  # No dropout or normalisation: train and eval behave the same.
         check_rank("LogisticRegression", "input", x, range(2, 6), "[batch, *features]")
         check_floating("LogisticRegression", "input", x)
@@ -47,6 +48,9 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """`x: [batch, *features]` floats (flattened) -> `[batch, num_outputs]`; `train` turns dropout on (a
+        "dropout" rng).
+        """
         check_rank("MLP", "input", x, range(2, 6), "[batch, *features]")
         check_floating("MLP", "input", x)
         _check_flat_size("MLP", x, self)

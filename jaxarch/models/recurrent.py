@@ -41,6 +41,10 @@ class RecurrentNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """`x: [batch, time, features]` floats, or `[batch, time]` int token ids when `vocab_size > 0` ->
+        `[batch, num_outputs]` (readout "last" or "mean") or `[batch, time, num_outputs]` (readout "sequence").
+        `train` turns dropout on (a "dropout" rng).
+        """
         if self.cell not in CELLS:
             fail("RecurrentNet", "cell", repr(self.cell), f"one of {sorted(CELLS)}")
         if self.readout not in _READOUTS:

@@ -96,6 +96,10 @@ class GPT(_StackFields):
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False):
+        """`inputs: [batch, time]` int token ids -> logits `[batch, time, num_outputs]`; output `t` depends on
+        inputs `<= t` only, and `time <= max_length`. `train` turns dropout on (a "dropout" rng). With `decode=True`,
+        call with `mutable=["cache"]` (see the class docstring).
+        """
         module = "GPT"
         check_rank(module, "inputs", inputs, 2, "[batch, time] token ids")
         check_integer(module, "inputs", inputs)
@@ -206,6 +210,9 @@ class TransformerClassifier(_EncoderClassifier):
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False):
+        """`inputs: [batch, time, features]` floats, or `[batch, time]` int token ids when `vocab_size > 0` ->
+        `[batch, num_outputs]`. `train` turns dropout on (a "dropout" rng).
+        """
         module = "TransformerClassifier"
         _check_choice(module, "positions", self.positions, _POSITIONS)
         mask = None
@@ -244,6 +251,9 @@ class ViT(_EncoderClassifier):
 
     @nn.compact
     def __call__(self, inputs, *, train: bool = False):
+        """`inputs: [batch, length, channels]` or `[batch, height, width, channels]` floats, every spatial size a
+        multiple of its patch size -> `[batch, num_outputs]`. `train` turns dropout on (a "dropout" rng).
+        """
         module = "ViT"
         check_rank(module, "inputs", inputs, (3, 4), "[batch, length, channels] or [batch, height, width, channels]")
         check_floating(module, "inputs", inputs)
@@ -291,6 +301,10 @@ class EncoderDecoder(_StackFields):
 
     @nn.compact
     def __call__(self, inputs, decoder_inputs=None, *, train: bool = False):
+        """`inputs: [batch, source_time]` int source ids and `decoder_inputs: [batch, target_time]` int ids (the
+        target shifted right), or `decoder_inputs=None` with both packed in `inputs` (see the class docstring) ->
+        logits `[batch, target_time, num_outputs]`. `train` turns dropout on (a "dropout" rng).
+        """
         module = "EncoderDecoder"
         check_positive_ints(module, "num_outputs", self.num_outputs)
         _check_choice(module, "positions", self.positions, ("learned", "sinusoidal"))

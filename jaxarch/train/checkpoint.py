@@ -195,7 +195,8 @@ class Checkpointer:
 
     def __init__(self, workdir: Path, *, every: int, keep: int, best_metric: str | None = None,
                  higher_is_better: bool = True, read_only: bool = False,
-                 mismatch_hint: str = "use --restart to start over or choose another --workdir"):
+                 mismatch_hint: str = ("choose another --workdir, or pass --restart, which deletes this run's "
+                                       "checkpoints and records, to start over")):
         self.every = every
         self.read_only = read_only  # another run's directory: nothing there is created, cleaned or moved
         self.mismatch_hint = mismatch_hint
@@ -255,6 +256,29 @@ class Checkpointer:
                         return restored.state, step
             self._quarantine(step, problem)
         return None
+
+    def restore_step(self, template: TrainState, step: int) -> TrainState:
+        """The checkpoint at `step` (one of `all_steps()`), restored into the structure of `template` and checked
+        against its digests. Nothing is moved or written: a damaged checkpoint raises `ValueError` and any other
+        failure to read it `CheckpointReadError`; a checkpoint of another train state raises
+        `CheckpointMismatchError`. The notes saved with it are in `restored_notes`."""
+        problem = self._incompatible_or_unreadable(step, template)
+        if problem is None:
+            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), integrity=ocp.args.JsonRestore()))
+            except Exception as err:  # noqa: BLE001 - sorted into damage and everything else
+                if not _is_damage(err):
+                    raise self._read_error(step, err) from err
+                problem = f"it cannot be decoded ({_cause_line(err)})"
+            else:
+                problem = self._mismatch(restored.state, restored.integrity)
+                if problem is None:
+                    self.restored_notes = dict(restored.integrity.get("notes") or {})
+                    return restored.state
+        raise ValueError(f"checkpoint: the checkpoint at step {step} in {self.workdir / CHECKPOINTS} is damaged: "
+                         f"{problem}, expected an intact checkpoint; choose another step")
 
     def _mismatch(self, state, integrity) -> str | None:
         """Why `state` does not match the digests saved with it, or None; every process reaches the same

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
-from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer, load_trained_params
+from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer, CheckpointMismatchError, load_trained_params
 from jaxarch.train.distributed import workdir_lock
 from jaxarch.train.lock import LOCK_FILE
 from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_rows, make_mesh, padded_batch_size,
@@ -25,10 +25,10 @@ from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_ro
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
-                                     validate_config)
+                                     validate_config, with_experiment_name)
 from jaxarch.train.records import (CONFIG, MetricsLog, config_dict, plot_learning_curve, read_saved_config,
                                    write_atomically, write_config)
-from jaxarch.train.resume import check_config, check_steps, config_changes, record_history
+from jaxarch.train.resume import check_config, check_steps, checkpoint_mismatch, config_changes, record_history
 from jaxarch.train.resume import describe as describe_changes
 from jaxarch.train.sharding import init_sharded_state, make_sharded_train_step
 from jaxarch.train.signals import Interrupted, StopRequests
@@ -88,6 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     `train.nonfinite="stop"`) after the last good checkpoint has been written out.
     """
     validate_config(config)
+    config = with_experiment_name(config)
     workdir = prepare_workdir(workdir)
     with workdir_lock(workdir), StopRequests(num_processes=jax.process_count()) as stop:
         if restart:
@@ -130,7 +131,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
     checkpointer = Checkpointer(workdir, every=train.checkpoint_every, keep=train.keep_checkpoints,
                                 best_metric=best_metric, higher_is_better=task.higher_is_better)
     try:  # Until the loop's own try takes over: a refusal to resume still lets orbax's threads finish.
-        restored = checkpointer.restore(state)
+        try:
+            restored = checkpointer.restore(state)
+        except CheckpointMismatchError as err:  # the config keys that caused it come first
+            raise checkpoint_mismatch(err, read_saved_config(workdir), config_dict(config), workdir) from None
         resume_step, changes, unlogged = None, {}, []
         if restored is not None:
             state, resume_step = restored
@@ -315,11 +319,11 @@ def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState,
     from jaxarch.sampling import sample_by_recompute
 
     variables = {"params": state.params, **state.model_state}
-    prompt = dataset.encode(config.sample.prompt) if config.sample.prompt else dataset.train_ids[:1]
-    ids = sample_by_recompute(state.apply_fn, variables, prompt, config.sample.num_tokens,
+    prompt = config.sample.prompt or dataset.default_prompt()  # "": the start of the held-out text
+    ids = sample_by_recompute(state.apply_fn, variables, dataset.encode(prompt), config.sample.num_tokens,
                               window=dataset.seq_len, rng=jax.random.PRNGKey(config.seed),
                               temperature=config.sample.temperature)
-    text = config.sample.prompt + dataset.decode(ids)
+    text = prompt + dataset.decode(ids)
     write_atomically(workdir / "sample.txt", text)
     print(f"[jaxarch] sample from {config.name}:\n{text}", file=sys.stderr)
     return text

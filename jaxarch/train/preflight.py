@@ -81,11 +81,14 @@ def _check_value(path: str, value, option: Option) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks the config's structure, types and ranges before anything is built or compiled."""
+    """Checks the config's structure, types and ranges before anything is built or compiled: every key
+    `train_and_evaluate` would reject, including the dataset's and model's names and options."""
     missing = [key for key in REQUIRED if key not in config]
     if missing:
         raise ValueError(f"config: missing keys {missing}, expected {list(REQUIRED)}")
     known = (*REQUIRED, *OPTIONAL_SECTIONS)
+    if not isinstance(config.get("name"), str):
+        raise ValueError(f"config: name is {config.get('name')!r}, expected a string (the experiment's name)")
     for key in config:
         if key not in known:
             raise ValueError(f"config: unknown key {key!r}{nearest(key, known)}; valid top-level keys are: "
@@ -113,6 +116,49 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         absent = [f"{section}.{k}" for k in options if k not in config[section]]
         if absent and section in REQUIRED:
             raise ValueError(f"config: missing keys {absent}, expected every key of the {section!r} section")
+    _check_factory_options(config)
+
+
+def _check_factory_options(config: ml_collections.ConfigDict) -> None:
+    """`data.name` and `model.name` name registered factories, and every other key of those sections is an
+    option of the factory (checked as `build_dataset_and_model` checks them, without building anything).
+    `num_outputs` comes from the dataset, never from the config; whether `vocab_size` does depends on the
+    dataset, which is only known once it is built."""
+    from jaxarch.config import accepted_options
+    from jaxarch.data import DATASETS
+    from jaxarch.models import MODELS
+
+    for section, registry in (("data", DATASETS), ("model", MODELS)):
+        name = config[section].name
+        try:
+            factory = registry.get(name)
+        except ValueError as err:
+            raise ValueError(f"config: {section}.name is {name!r}: {err}") from None
+        options = accepted_options(factory)
+        if options is None:  # a factory taking **kwargs accepts anything
+            continue
+        valid = [f"{section}.{key}" for key in options if key != "num_outputs"]
+        for key in config[section]:
+            path = f"{section}.{key}"
+            if key == "name":
+                continue
+            if section == "model" and key == "num_outputs":
+                raise ValueError(f"config: {path} is {config[section][key]!r}, expected it left out: the dataset "
+                                 "sets the number of outputs")
+            if key not in options:
+                raise ValueError(f"config: unknown key {path!r}{nearest(path, valid)} for {section} {name!r}; valid "
+                                 f"keys are: {', '.join(valid)}")
+
+
+def with_experiment_name(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config`, or a copy named "<data.name>-<model.name>" when its `name` is empty (a config straight from an
+    experiment module's `get_config()`, which `jaxarch.experiments.get_config(name)` would have named), so
+    that the run's records and result say what ran."""
+    if config.name:
+        return config
+    named = ml_collections.ConfigDict(config.to_dict())
+    named.name = f"{config.data.name}-{config.model.name}"
+    return named
 
 
 def prepare_workdir(workdir: str | Path) -> Path:

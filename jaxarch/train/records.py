@@ -59,14 +59,15 @@ def read_saved_config(workdir: Path) -> dict | None:
         return None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"workdir: {str(path)!r} cannot be read ({getattr(err, 'strerror', None) or err}), "
-                         "expected the config.json of the run being resumed; use --restart to start over") from None
+                         "expected the config.json of the run being resumed; --restart starts over, deleting this "
+                         "run's checkpoints and records") from None
     try:
         saved = json.loads(text)
     except json.JSONDecodeError:
         saved = None
     if not isinstance(saved, dict):
         raise ValueError(f"workdir: {str(path)!r} is not a JSON object, expected the config.json of the run being "
-                         "resumed; use --restart to start over")
+                         "resumed; --restart starts over, deleting this run's checkpoints and records")
     return saved
 
 
@@ -108,7 +109,8 @@ class MetricsLog:
             data = self.path.read_bytes()
         except OSError as err:
             raise ValueError(f"workdir: {str(self.path)!r} cannot be read ({err.strerror}), expected the run's "
-                             "metrics log; use --restart to start over") from None
+                             "metrics log; --restart starts over, deleting this run's checkpoints and records"
+                             ) from None
         parsed = []
         for number, raw in enumerate(data.split(b"\n"), start=1):
             if not raw.strip():

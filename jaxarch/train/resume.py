@@ -56,19 +56,44 @@ def describe(changes: dict[str, tuple]) -> str:
     return "; ".join(f"{key}: saved {old!r}, now {new!r}" for key, (old, new) in changes.items())
 
 
+# Every message that mentions --restart says what it deletes: the trained run in the work directory.
+RESTART_DELETES = "--restart starts over, deleting the checkpoints and records trained there so far"
+
+
 def check_steps(steps: int, resume_step: int, checkpoint_dir: Path) -> None:
     if steps < resume_step:
         raise ValueError(f"config: train.steps is {steps}, but the checkpoint in {checkpoint_dir} is at step "
-                         f"{resume_step}, expected train.steps >= {resume_step} (the steps already trained); use "
-                         "--restart to start over")
+                         f"{resume_step}, expected train.steps >= {resume_step} (the steps already trained); "
+                         f"choose another --workdir to train a shorter run ({RESTART_DELETES})")
 
 
 def check_config(changes: dict[str, tuple], *, allowed: bool, workdir: Path) -> None:
     if changes and not allowed:
         raise ValueError(f"config: resuming {workdir} with a config that differs from the saved config.json "
                          f"({describe(changes)}), expected the saved values; pass --allow-config-change "
-                         "(allow_config_change=True) to resume with these changes recorded, or --restart to "
-                         "start over")
+                         "(allow_config_change=True) to resume with these changes recorded, or choose another "
+                         f"--workdir ({RESTART_DELETES})")
+
+
+def _as_override(key: str, value) -> str:
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def checkpoint_mismatch(err: Exception, saved: dict | None, live: dict, workdir: Path) -> ValueError:
+    """The error for a work directory whose checkpoints hold another train state than this config builds
+    (`err`, the checkpoint's description of the difference): the config keys that differ from the saved
+    config.json come first, since they are the cause (another text file means another vocabulary, so other
+    embedding shapes), with the overrides that reproduce the saved run."""
+    changes = config_changes(saved, live) if saved is not None else {}
+    if not changes:
+        why = ("its config.json matches this config, so the code that builds the model has changed since"
+               if saved is not None else "it has no config.json to say which config wrote it")
+        return ValueError(f"config: {workdir} holds checkpoints this config cannot read ({why}); {err}")
+    restore = " ".join(_as_override(key, old) for key, (old, _) in changes.items() if old != ABSENT)
+    advice = f"rerun with {restore} to use that run, or" if restore else ""
+    return ValueError(f"config: {workdir} holds a run trained with another config ({describe(changes)}), expected "
+                      f"the values of its config.json: {advice} choose another --workdir for this config "
+                      f"({RESTART_DELETES}). The checkpoints: {err}")
 
 
 def record_history(workdir: Path, step: int, changes: dict[str, tuple]) -> None:
