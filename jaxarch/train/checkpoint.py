@@ -99,9 +99,9 @@ def _piece_digest(array: np.ndarray) -> str:
 
 
 def _own_copy(data) -> np.ndarray:
-    """`data` in host memory that nothing else writes. On CPU `np.asarray` of a device buffer is a view of it,
-    copied here, because the next train step donates the state's buffers; an array numpy owns (the host copy
-    an accelerator's buffer comes back as) is used as it is."""
+    """`data` in host memory that nothing else writes: the next train step donates the state's buffers (frees
+    or reuses them), so a view of one, which `np.asarray` gives on CPU, is copied; an array numpy owns (a
+    transfer from an accelerator) is nobody else's to write and is used as it is."""
     array = np.asarray(data)
     return array if array.flags.owndata else array.copy()
 
