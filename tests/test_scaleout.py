@@ -281,6 +281,10 @@ def test_two_processes_train_like_one_device_from_their_checkpoint(tmp_path):
     assert [result["local_batch_rows"] for result in results] == ["0:8", "8:16"]  # each loaded only its half
     two_processes = _train_losses(workdir)
     assert len(two_processes) == STEPS
+    # Process 1 wrote its shards' digests beside process 0's record; the restore below merges them.
+    integrity = workdir / "checkpoints" / "2" / "integrity"
+    assert json.loads((integrity / "metadata").read_text())["processes"] == 2
+    assert (integrity / "shards.1.json").is_file()
 
     shutil.rmtree(workdir / "checkpoints" / str(STEPS))
     config = override_config(experiments.get_config(MLP_RUN[0]), [*MLP_RUN[1:], "mesh=data:1"])

@@ -30,14 +30,14 @@ RUN = ["mnist1d-cnn", f"train.steps={STEPS}", "train.checkpoint_every=50", "trai
 SIGNAL_DURING_SAVE = """
 import os, signal, sys, time
 from jaxarch.train import checkpoint
-real = checkpoint.shard_digests
-def shard_digests(state):
+real = checkpoint.host_shards
+def host_shards(state):
     if int(state.step) == 100:
         for _ in range(TIMES):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.2)
     return real(state)
-checkpoint.shard_digests = shard_digests
+checkpoint.host_shards = host_shards
 from jaxarch.cli import main
 sys.exit(main(sys.argv[1:]))
 """

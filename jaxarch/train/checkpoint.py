@@ -9,15 +9,20 @@ directories left by a crash or a failed write are removed when the next run star
 `keep` checkpoints and the best one by a validation metric.
 
 Each process digests only the shards it holds (`shard_digests`: one digest per distinct shard, keyed by the
-leaf and the shard's index), so a save never gathers an array onto one host; process 0 collects the few bytes
-of every process's digests and writes them. A restore checks every saved shard that the restored layout lets
-this process see whole, which on the same mesh is all of its own.
+leaf and the shard's index), so a save never gathers an array onto one host. The training thread only copies
+those shards to host memory (`host_shards`; the next train step donates their device buffers); the digesting
+runs in orbax's background commit of the `integrity` item (`_IntegrityHandler`). Process 0 writes the record
+and every other process writes its own digests beside it; orbax renames a checkpoint into place only after
+every item's commit has finished on every process, so no checkpoint is ever visible without its digests, and
+a crash before they are written leaves a temporary directory like any other unfinished save. A restore merges
+the processes' digests and checks every saved shard that the restored layout lets this process see whole,
+which on the same mesh is all of its own.
 
 A checkpoint whose contents do not match its digests (a flipped bit restores silently otherwise), or whose
 files cannot be decoded (truncated or garbled data or metadata), is reported, moved to
 `<workdir>/corrupt_checkpoints`, and the previous one is tried. Any other failure to read it (out of memory, a
-file system error, a missing permission) may pass, so it is not taken for damage: the checkpoint stays where
-it is and `CheckpointReadError` stops the run.
+file system error, a missing permission, a missing file) may pass, so it is not taken for damage: the
+checkpoint stays where it is and `CheckpointReadError` stops the run.
 
 `load_trained_params` warm-starts a run from another run's checkpoints, reading them without changing that
 directory.
@@ -25,6 +30,7 @@ directory.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -44,7 +50,7 @@ from jaxarch.train.state import TrainState
 CHECKPOINTS = "checkpoints"
 QUARANTINE = "corrupt_checkpoints"
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"  # in the names of orbax's unfinished checkpoint directories
-DIGEST_FORMAT = 2
+DIGEST_FORMAT = 3  # 3: process p > 0 writes its digests to `integrity/shards.<p>.json`; 2: one merged record
 # TensorStore's status codes for bytes that cannot be decoded (a truncated or garbled file); other codes
 # (UNAVAILABLE, RESOURCE_EXHAUSTED, PERMISSION_DENIED, NOT_FOUND, ...) describe the reader's situation.
 _DAMAGE_CODES = ("DATA_LOSS:", "OUT_OF_RANGE:")
@@ -87,44 +93,55 @@ def _parse_index(key: str) -> tuple[slice, ...]:
 
 def _piece_digest(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype}:{array.shape};".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
+    # The bytes in memory order, hashed in place (no `tobytes` copy); hashlib releases the GIL while hashing.
+    digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 
-def shard_digests(state) -> dict[str, dict[str, str]]:
-    """`leaf path -> {shard index -> SHA-256}` over the shards of `state` this process holds a primary copy of
-    (replica 0 of each distinct index), each copied to the host alone: no array is gathered or assembled."""
-    digests = {}
+def _own_copy(data) -> np.ndarray:
+    """`data` in host memory that nothing else writes: the next train step donates the state's buffers (frees
+    or reuses them), so a view of one, which `np.asarray` gives on CPU, is copied; an array numpy owns (a
+    transfer from an accelerator) is nobody else's to write and is used as it is."""
+    array = np.asarray(data)
+    return array if array.flags.owndata else array.copy()
+
+
+def host_shards(state) -> dict[str, dict[str, np.ndarray]]:
+    """`leaf path -> {shard index -> host copy}` of the shards of `state` this process holds a primary copy of
+    (replica 0 of each distinct index): what a save digests, taken while the state's buffers are still alive.
+    Each shard is copied alone: no array is gathered or assembled."""
+    pieces = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         leaf = _as_array(leaf)
         entries = {}
         if isinstance(leaf, jax.Array):
             for shard in leaf.addressable_shards:
                 if shard.replica_id == 0:
-                    entries[_index_key(shard.index, leaf.shape)] = _piece_digest(np.asarray(shard.data))
+                    entries[_index_key(shard.index, leaf.shape)] = _own_copy(shard.data)
         else:
-            array = np.asarray(leaf)
-            entries[_index_key((slice(None),) * array.ndim, array.shape)] = _piece_digest(array)
-        digests[jax.tree_util.keystr(path)] = entries
-    return digests
+            array = np.array(leaf)  # a copy: the caller may change a host array in place after the save
+            entries[_index_key((slice(None),) * array.ndim, array.shape)] = array
+        pieces[jax.tree_util.keystr(path)] = entries
+    return pieces
 
 
-def _gather_digests(local: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    """Every process's `shard_digests`, merged (on every process): a few bytes per shard cross the network."""
-    if jax.process_count() == 1:
-        return local
-    from jax.experimental import multihost_utils
+def digest_shards(pieces: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, str]]:
+    """`host_shards`' pieces, each replaced by its SHA-256."""
+    return {path: {key: _piece_digest(piece) for key, piece in entries.items()} for path, entries in pieces.items()}
 
-    encoded = np.frombuffer(json.dumps(local, sort_keys=True).encode(), np.uint8)
-    lengths = np.asarray(multihost_utils.process_allgather(np.int32(encoded.size))).reshape(-1)
-    padded = np.zeros(int(lengths.max()), np.uint8)
-    padded[:encoded.size] = encoded
-    everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
-    merged: dict[str, dict[str, str]] = {}
-    for row, length in zip(everyone, lengths):
-        for path, entries in json.loads(row[:length].tobytes().decode()).items():
-            merged.setdefault(path, {}).update(entries)
-    return merged
+
+def shard_digests(state) -> dict[str, dict[str, str]]:
+    """`leaf path -> {shard index -> SHA-256}` over the shards of `state` this process holds a primary copy of."""
+    return digest_shards(host_shards(state))
+
+
+def _merge_digests(merged: dict, part) -> bool:
+    """Adds one process's digests to `merged`; False if `part` is not `path -> {index -> digest}`."""
+    if not isinstance(part, dict) or not all(isinstance(entries, dict) for entries in part.values()):
+        return False
+    for path, entries in part.items():
+        merged.setdefault(path, {}).update(entries)
+    return True
 
 
 def verify_shards(state, saved: dict[str, dict[str, str]]) -> tuple[list[str], int]:
@@ -183,6 +200,56 @@ def _leaf_signatures(tree) -> dict[str, tuple]:
             for path, leaf in flat}
 
 
+def _part_name(process: int) -> str:
+    return f"shards.{process}.json"
+
+
+@dataclasses.dataclass
+class _UnsealedRecord:
+    """A save's integrity record before its digests: `pieces` are this process's `host_shards`."""
+
+    step: int
+    notes: dict
+    pieces: dict[str, dict[str, np.ndarray]]
+
+
+class _IntegrityHandler(ocp.JsonCheckpointHandler):
+    """The `integrity` item: a JSON record (`metadata`) written by process 0, and in a multi-process save one
+    file of digests per other process beside it (`shards.<p>.json`).
+
+    A save hands it an `_UnsealedRecord`, digested in `_save_fn`, which orbax runs in this item's own commit
+    thread after the training thread has returned; the commit's failure is raised by the manager's next wait,
+    as a failed write is. Orbax renames the checkpoint into place only after every item's commit on every
+    process has finished (in a multi-process save, after a barrier), so all the digest files are there before
+    the checkpoint is. The processes share the checkpoint directory and exchange nothing: a collective off
+    the training thread could interleave with the train step's own collectives in another order on each
+    process."""
+
+    async def _save_fn(self, record, directory):
+        if isinstance(record, _UnsealedRecord):
+            digests = digest_shards(record.pieces)
+            record.pieces = {}  # frees the host copies once digested
+            if jax.process_index() != 0:
+                (directory / _part_name(jax.process_index())).write_text(json.dumps(digests))
+                return
+            record = {"format": DIGEST_FORMAT, "step": record.step, "processes": jax.process_count(),
+                      "shards": digests, "notes": record.notes}
+        await super()._save_fn(record, directory)
+
+    def restore(self, directory, item=None, args=None):
+        """The record with every process's digests merged into `shards` (None when a file of digests is
+        malformed, which `Checkpointer._mismatch` reports); a missing file raises FileNotFoundError."""
+        record = super().restore(directory, item, args)
+        if isinstance(record, dict) and isinstance(record.get("shards"), dict):
+            processes = record.get("processes", 1)
+            for process in range(1, processes if isinstance(processes, int) else 1):
+                part = json.loads((directory / _part_name(process)).read_text())
+                if not _merge_digests(record["shards"], part):
+                    record["shards"] = None
+                    break
+        return record
+
+
 class CheckpointMismatchError(ValueError):
     """The work directory's checkpoints hold a differently shaped train state (another model or optimizer)."""
 
@@ -220,9 +287,14 @@ class Checkpointer:
         self._log_filter = _RestatedWriteErrors()
         logging.getLogger("absl").addFilter(self._log_filter)
         self.remove_temporary()
-        self.manager = ocp.CheckpointManager(
-            self.workdir / CHECKPOINTS, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()})
+        handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        state_handler, integrity_handler = ocp.StandardCheckpointHandler(), _IntegrityHandler()
+        handlers.add("state", ocp.args.StandardSave, state_handler)
+        handlers.add("state", ocp.args.StandardRestore, state_handler)
+        # The JSON item's arguments, served by the subclass (orbax's global registry maps them to the base).
+        handlers.add("integrity", ocp.args.JsonSave, integrity_handler)
+        handlers.add("integrity", ocp.args.JsonRestore, integrity_handler)
+        self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINTS, options=options, handler_registry=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -285,6 +357,8 @@ class Checkpointer:
         answer (a mismatch on any process is a mismatch)."""
         if not isinstance(integrity, dict):
             problem = "its integrity record is not a JSON object"
+        elif "shards" in integrity and not _merge_digests({}, integrity["shards"]):
+            problem = "its record of digests is malformed"
         elif "shards" in integrity:
             mismatches, _ = verify_shards(state, integrity["shards"])
             problem = (f"its contents do not match the digests written with it ({', '.join(mismatches[:3])})"
@@ -358,24 +432,25 @@ class Checkpointer:
     def save(self, state: TrainState, step: int, metrics: dict[str, float] | None = None, *,
              notes: dict | None = None) -> bool:
         """Starts an asynchronous save of `state` at `step` (unless that step is saved already), with `notes`
-        (JSON) beside it. A failure to write, now or of the previous save still in flight, raises
-        `CheckpointWriteError` when it is a file system error."""
+        (JSON) beside it. The training thread copies this process's shards to host memory and hands them on;
+        they are digested in the background, and `wait` or the next save waits for that as for the write. A
+        failure to write, now or of the previous save still in flight, raises `CheckpointWriteError` when it is
+        a file system error."""
         if step in self.manager.all_steps():
             return False
         # Orbax waits for the previous save before starting one; waiting here first ties a failure to its step.
         self.wait()
-        integrity = {"format": DIGEST_FORMAT, "step": step, "shards": _gather_digests(shard_digests(state)),
-                     "notes": notes or {}}
+        record = _UnsealedRecord(step=step, notes=notes or {}, pieces=host_shards(state))
         self._in_flight = step
         try:
             return self.manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), integrity=ocp.args.JsonSave(integrity)),
+                state=ocp.args.StandardSave(state), integrity=ocp.args.JsonSave(record)),
                 metrics=dict(metrics or {}), force=True)
         except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
             raise self._write_error(err) from None
 
     def wait(self) -> None:
-        """Waits for a save in flight; its failure is raised as in `save`."""
+        """Waits for a save in flight, its digests included; its failure is raised as in `save`."""
         try:
             self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
