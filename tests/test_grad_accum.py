@@ -44,7 +44,7 @@ def close(a, b):
 
 def cnn_state(*extra):
     config = override_config(experiments.get_config("mnist1d-cnn"),
-                             ["model.features=(4,8)", "model.dropout_rate=0.0", "optim.warmup_steps=0", *extra])
+                             ["model.features=(4,)", "model.dropout_rate=0.0", "optim.warmup_steps=0", *extra])
     dataset = load_dataset("mnist1d")
     model = build_model("cnn", 10, **{k: v for k, v in config.model.items() if k != "name"})
     return init_state(config, dataset, model), dataset
@@ -113,11 +113,12 @@ def test_weighted_examples_give_the_whole_batch_gradient():
         per_example = task.per_example(state.apply_fn({"params": params}, batch["inputs"]), batch["targets"])
         return jnp.sum(per_example["loss"] * per_example["weight"]) / jnp.sum(per_example["weight"])
 
-    loss, grads = jax.value_and_grad(whole_loss)(state.params)
-    accumulated_loss, _, accumulated_grads = accumulated_loss_and_grads(task, state, batch, state.rng, 4)
+    loss, grads = jax.jit(jax.value_and_grad(whole_loss))(state.params)
+    accumulated_loss, _, accumulated_grads = jax.jit(
+        lambda state, batch: accumulated_loss_and_grads(task, state, batch, state.rng, 4))(state, batch)
     np.testing.assert_allclose(accumulated_loss, loss, **TOLERANCE)
     close(accumulated_grads, grads)
-    _, metrics = make_train_step(task, jit=False)(state, batch)
+    _, metrics = make_train_step(task, donate=False)(state, batch)
     np.testing.assert_allclose(accumulated_loss, metrics["loss"], **TOLERANCE)
 
 
@@ -126,23 +127,20 @@ def test_each_micro_batch_draws_its_own_dropout():
     batch["targets"][batch["targets"] < 0] = 0  # equal weights: the reference is a plain mean of the micro means
     step_rng = jax.random.fold_in(state.rng, state.step)
 
+    @jax.jit
+    @jax.value_and_grad
+    def micro_loss(params, inputs, targets, key):
+        logits = state.apply_fn({"params": params}, inputs, train=True, rngs={"dropout": key})
+        return jnp.mean(task.per_example(logits, targets)["loss"])
+
     def reference(key_of):
-        """Hand-stepped micro-batches: micro-batch i's loss and gradient with dropout key `key_of(i)`."""
-        losses, grads = [], []
+        """Hand-stepped micro-batches: micro-batch i's loss and gradient with dropout key `key_of(i)`, averaged."""
         micro = split_micro_batches(batch, 2)
-        for index in range(2):
-            inputs, targets = micro["inputs"][index], micro["targets"][index]
-
-            def loss_fn(params):
-                logits = state.apply_fn({"params": params}, inputs, train=True, rngs={"dropout": key_of(index)})
-                return jnp.mean(task.per_example(logits, targets)["loss"])
-
-            loss, grad = jax.value_and_grad(loss_fn)(state.params)
-            losses.append(loss)
-            grads.append(grad)
+        losses, grads = zip(*[micro_loss(state.params, micro["inputs"][i], micro["targets"][i], key_of(i))
+                              for i in range(2)])
         return np.mean(losses), jax.tree.map(lambda *g: sum(g) / len(g), *grads)
 
-    _, metrics = make_train_step(task, jit=False, grad_accum_steps=2)(state, batch)
+    _, metrics = make_train_step(task, donate=False, grad_accum_steps=2)(state, batch)
     own_key, own_grads = reference(lambda index: jax.random.fold_in(step_rng, index))
     np.testing.assert_allclose(metrics["loss"], own_key, **TOLERANCE)
     _, shared_grads = reference(lambda index: step_rng)
