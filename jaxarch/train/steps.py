@@ -2,7 +2,9 @@
 
 One compiled call per step, on purpose: fusing several steps into one call with `lax.scan` was measured
 20x slower for a small 1-D CNN on XLA's CPU backend (convolutions inside a loop body lose their fast
-path), while the per-call dispatch cost it would save is tens of microseconds."""
+path), while the per-call dispatch cost it would save is tens of microseconds. Gradient accumulation is the one
+loop inside a step: only a loop keeps a single micro-batch's activations alive at a time (unrolled, XLA
+schedules the micro-batches together and the memory saving is gone); docs/logging.md has its cost on CPU."""
 
 from __future__ import annotations
 

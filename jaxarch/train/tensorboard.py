@@ -15,13 +15,15 @@ Rules, the same as metrics.jsonl's (`jaxarch.train.records.MetricsLog`):
   the next resume writes each only once (copies are recognised by their bytes, wall time included).
 - Non-finite values, written as null in metrics.jsonl, are not written; records that are not numbers
   (`config_change`) are metrics.jsonl's alone.
-- Writes go to a buffered file: a record costs microseconds of the loop's time and the file is flushed at every
-  evaluation and checkpoint and at the end, so the events of every checkpointed step are on disk before the
-  checkpoint is.
+- Writes go to a buffered file, flushed at every evaluation and checkpoint and at the end, so the events of every
+  checkpointed step are on disk before the checkpoint is. A record costs a fraction of a millisecond, most of it
+  tensorboardX's pure-Python checksum (docs/logging.md has the figure; the optional `crc32c` package makes it
+  native).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -29,16 +31,31 @@ import socket
 import struct
 import sys
 import time
+import types
 from pathlib import Path
-
-from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.proto.summary_pb2 import Summary
-from tensorboardX.record_writer import masked_crc32c
 
 from jaxarch.train.records import write_failed
 
 EVENTS_PREFIX = "events.out.tfevents."
 FILE_VERSION = "brain.Event:2"
+
+
+@functools.cache
+def _tensorboardx() -> types.SimpleNamespace:
+    """tensorboardX's protocol buffers and record checksum, imported on first use. Importing tensorboardX sets
+    `CRC32C_SW_MODE` in the environment (for the optional native `crc32c` package); it is put back as it was, so
+    that neither importing jaxarch nor a run changes the process's environment."""
+    saved = os.environ.get("CRC32C_SW_MODE")
+    try:
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.record_writer import masked_crc32c
+    finally:
+        if saved is None:
+            os.environ.pop("CRC32C_SW_MODE", None)
+        else:
+            os.environ["CRC32C_SW_MODE"] = saved
+    return types.SimpleNamespace(Event=Event, SessionLog=SessionLog, Summary=Summary, masked_crc32c=masked_crc32c)
 
 
 def event_files(directory: Path) -> list[Path]:
@@ -48,31 +65,32 @@ def event_files(directory: Path) -> list[Path]:
 
 def _frame(data: bytes) -> bytes:
     """One TFRecord: length, its masked CRC-32C, the data, the data's masked CRC-32C."""
+    crc = _tensorboardx().masked_crc32c
     header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+    return header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data))
 
 
 def read_records(path: Path) -> list[bytes]:
     """The serialized events of one event file; a record cut short (a crash mid-write) or damaged ends it."""
-    data = Path(path).read_bytes()
+    data, crc = Path(path).read_bytes(), _tensorboardx().masked_crc32c
     records, offset = [], 0
     while offset + 12 <= len(data):
         header = data[offset:offset + 8]
         (length,) = struct.unpack("<Q", header)
         end = offset + 12 + length + 4
-        if struct.unpack("<I", data[offset + 8:offset + 12])[0] != masked_crc32c(header) or end > len(data):
+        if struct.unpack("<I", data[offset + 8:offset + 12])[0] != crc(header) or end > len(data):
             break
         record = data[offset + 12:end - 4]
-        if struct.unpack("<I", data[end - 4:end])[0] != masked_crc32c(record):
+        if struct.unpack("<I", data[end - 4:end])[0] != crc(record):
             break
         records.append(record)
         offset = end
     return records
 
 
-def read_events(directory: Path) -> list[Event]:
-    """Every event of every event file in `directory`, in reading order."""
-    return [Event.FromString(record) for path in event_files(directory) for record in read_records(path)]
+def read_events(directory: Path) -> list:
+    """Every event (`tensorboardX.proto.event_pb2.Event`) of every event file in `directory`, in reading order."""
+    return [_tensorboardx().Event.FromString(record) for path in event_files(directory) for record in read_records(path)]
 
 
 def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -98,14 +116,15 @@ class EventLog:
         kept = [] if resume_step is None else self._kept(earlier, resume_step)
         # The creation time leads the name so that TensorBoard reads the new file after the old ones; the
         # process id keeps two files of one second apart.
+        tbx = _tensorboardx()
         name = f"{EVENTS_PREFIX}{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
         path = self.path = self.directory / name
         try:
             self._file = path.open("wb")
-            self._write(Event(wall_time=time.time(), step=0, file_version=FILE_VERSION))
+            self._write(tbx.Event(wall_time=time.time(), step=0, file_version=FILE_VERSION))
             if resume_step is not None:
-                self._write(Event(wall_time=time.time(), step=resume_step + 1,
-                                  session_log=SessionLog(status=SessionLog.START)))
+                self._write(tbx.Event(wall_time=time.time(), step=resume_step + 1,
+                                      session_log=tbx.SessionLog(status=tbx.SessionLog.START)))
             for record in kept:
                 self._file.write(_frame(record))
             self._file.flush()
@@ -121,7 +140,7 @@ class EventLog:
         kept, seen = [], set()
         for path in paths:
             for record in read_records(path):
-                event = Event.FromString(record)
+                event = _tensorboardx().Event.FromString(record)
                 if event.file_version or event.HasField("session_log") or event.step > resume_step:
                     continue
                 if record not in seen:
@@ -129,7 +148,7 @@ class EventLog:
                     kept.append(record)
         return kept
 
-    def _write(self, event: Event) -> None:
+    def _write(self, event) -> None:
         try:
             self._file.write(_frame(event.SerializeToString()))
         except OSError as err:
@@ -139,19 +158,21 @@ class EventLog:
         """One record: each finite number becomes a scalar tagged with its key."""
         if self._file is None:
             return
-        scalars = [Summary.Value(tag=key, simple_value=float(value)) for key, value in values.items()
+        tbx = _tensorboardx()
+        scalars = [tbx.Summary.Value(tag=key, simple_value=float(value)) for key, value in values.items()
                    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)]
         if scalars:
-            self._write(Event(wall_time=time.time(), step=step, summary=Summary(value=scalars)))
+            self._write(tbx.Event(wall_time=time.time(), step=step, summary=tbx.Summary(value=scalars)))
 
     def write_png(self, tag: str, step: int, png: bytes) -> None:
         """An image (a PNG file's bytes) at `step`: TensorBoard's Images tab shows it."""
         if self._file is None:
             return
+        tbx = _tensorboardx()
         width, height = struct.unpack(">II", png[16:24])  # from the PNG's IHDR chunk
-        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
-        self._write(Event(wall_time=time.time(), step=step, summary=Summary(value=[Summary.Value(tag=tag,
-                                                                                                image=image)])))
+        image = tbx.Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+        summary = tbx.Summary(value=[tbx.Summary.Value(tag=tag, image=image)])
+        self._write(tbx.Event(wall_time=time.time(), step=step, summary=summary))
 
     def flush(self) -> None:
         if self._file is not None:
