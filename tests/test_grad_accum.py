@@ -148,6 +148,20 @@ def test_each_micro_batch_draws_its_own_dropout():
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(own_grads), **TOLERANCE)
 
 
+def test_batch_statistics_advance_once_per_micro_batch():
+    state, dataset = cnn_state("model.norm=batch")
+    assert "batch_stats" in state.model_state
+    batch = dataset.train_batch(0, 0, 8)
+    after, _ = make_train_step(TASKS.get("classification"), donate=False, grad_accum_steps=2)(state, batch)
+    # Reference: the model in training mode on micro-batch 0, then on micro-batch 1 with the statistics it left.
+    model_state = state.model_state
+    for micro in split_micro_batches(batch["inputs"], 2):
+        _, model_state = state.apply_fn({"params": state.params, **model_state}, micro, train=True,
+                                        mutable=["batch_stats"])
+    close(after.model_state, model_state)
+    assert not np.allclose(jax.tree.leaves(after.model_state)[0], jax.tree.leaves(state.model_state)[0])
+
+
 def test_the_nonfinite_guard_sees_the_accumulated_gradient():
     state, dataset = cnn_state()
     step = make_train_step(TASKS.get("classification"), skip_nonfinite=True, donate=False, grad_accum_steps=4)
