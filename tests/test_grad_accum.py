@@ -235,3 +235,16 @@ def test_on_four_simulated_devices_accumulation_equals_one_device(tmp_path):
     assert report["error"] == ("config: train.batch_size is 12, expected a multiple of train.grad_accum_steps=2 x "
                                "the data axis size 4 (mesh 'data:4') = 8: each device takes an equal part of every "
                                "micro-batch")
+
+
+def test_a_run_saved_before_the_key_existed_resumes_as_unaccumulated(tmp_path):
+    config = override_config(experiments.get_config("mnist1d-logreg"), [
+        "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0", "train.log_every=2"])
+    train_and_evaluate(config, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train"]["grad_accum_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert train_and_evaluate(config, tmp_path, progress=False)["resumed_from"] == 4
+    accumulated = override_config(config, ["train.grad_accum_steps=2"])
+    with pytest.raises(ValueError, match=r"train.grad_accum_steps: saved 1, now 2"):
+        train_and_evaluate(accumulated, tmp_path, progress=False)

@@ -159,6 +159,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
                 print(f"[jaxarch] {workdir} has no config.json to compare with; resuming with the current config",
                       file=sys.stderr)
             else:
+                # A run saved before train.grad_accum_steps existed trained without accumulation.
+                if isinstance(saved.get("train"), dict):
+                    saved["train"].setdefault("grad_accum_steps", 1)
                 changes = config_changes(saved, config_dict(config))
                 check_config(changes, allowed=allow_config_change, workdir=workdir)
             # Losses of the steps after the last log record, saved with the checkpoint.
