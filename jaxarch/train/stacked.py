@@ -6,8 +6,7 @@ parameters, batches and dropout keys are each member's own) and the optimizer's 
 which enter the step as per-member arrays. Everything else is each member's single run: the same initial
 state (`init_state` with the member's config), batch `(seed, step)`, dropout key `fold_in(rng, step)`, logging,
 evaluation, checkpoints and TensorBoard events in the member's own run directory, in the single run's format, so
-`jaxarch run` can
-resume a member and a member checkpoint resumes here. The results equal the single runs' within float rounding:
+`jaxarch run` can resume a member and a member checkpoint resumes here. The results equal the single runs' within float rounding:
 a batched matmul or convolution may sum in another order than the unbatched one.
 
 On several devices the member axis is split over them (the largest device count that divides the members);
@@ -146,8 +145,7 @@ def train_stacked(members: Sequence) -> list[dict]:
 
 
 def _train(members, configs, states, checkpointers, dataset, task, resume_step, start_wall) -> list[dict]:
-    config, train = configs[0], configs[0].train
-    count = len(members)
+    """Each member's records (metrics.jsonl and TensorBoard events, closed whatever happens) around the loop."""
     for member, member_config in zip(members, configs):
         write_config(member.workdir, member_config)
     logs = [MetricsLog(member.workdir / "metrics.jsonl", resume_step) for member in members]

@@ -114,8 +114,8 @@ class EventLog:
             return
         earlier = event_files(self.directory)
         kept = [] if resume_step is None else self._kept(earlier, resume_step)
-        # The creation time leads the name so that TensorBoard reads the new file after the old ones; the
-        # process id keeps two files of one second apart.
+        # The creation time leads the name so that TensorBoard reads the new file after the old ones; the host
+        # and the process id keep apart files made in the same microsecond.
         tbx = _tensorboardx()
         name = f"{EVENTS_PREFIX}{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
         path = self.path = self.directory / name
