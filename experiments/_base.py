@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
         keep_checkpoints=2,  # The latest ones; the best by the evaluation metric is kept as well.
         nonfinite="stop",  # A NaN/inf loss or gradient: "stop" the run, or "skip" the update and count it.
         debug_nans=False,  # jax_debug_nans: find the operation that made a NaN (slower; state not donated).
+        # The batch as this many micro-batches, their gradients averaged before one update: the memory of one
+        # micro-batch (docs/logging.md). batch_size must be a multiple of it times the data axis size.
+        grad_accum_steps=1,
         fsdp=False,  # Also split parameters and optimizer state along the data axis (jaxarch.train.sharding).
         # Warm start: a fresh run takes its parameters from the newest checkpoint in this earlier run's work
         # directory (same model and optimizer settings; the data may differ, e.g. a curriculum). "": from the seed.

@@ -24,6 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from jaxarch import experiments
     from jaxarch.train import train_and_evaluate, validate_config
     from jaxarch.train.configure import override_config
+    from jaxarch.train.profile import parse_profile
 
     process_flags = (args.coordinator_address, args.num_processes, args.process_id)
     distributed = args.distributed or any(flag is not None for flag in process_flags)
@@ -37,7 +38,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or Path("runs") / config.name)
     # --restart empties the directory inside the run, under its lock, so a live run's directory is never emptied.
     result = train_and_evaluate(config, workdir, progress=args.progress, restart=args.restart,
-                                allow_config_change=args.allow_config_change)
+                                allow_config_change=args.allow_config_change,
+                                profile=None if args.profile is None else parse_profile(args.profile))
     print(json.dumps(result))
     return 0
 
@@ -183,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-config-change", action="store_true",
                      help="resume although the config differs from the saved config.json; the changes and their "
                           "step are recorded in config_history.jsonl and metrics.jsonl")
+    run.add_argument("--profile", metavar="START:COUNT",
+                     help="write a jax.profiler trace of the COUNT steps after step START to RUN_DIR/profile "
+                          "(TensorBoard's profile plugin or Perfetto; see docs/logging.md)")
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-process run (jax.distributed); the processes are found from SLURM, Open MPI "
                           "or a Cloud TPU pod slice, or from the three flags below")

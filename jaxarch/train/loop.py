@@ -20,12 +20,13 @@ from jaxarch.models import build_model
 from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer, CheckpointMismatchError, load_trained_params
 from jaxarch.train.distributed import workdir_lock
 from jaxarch.train.lock import LOCK_FILE
-from jaxarch.train.mesh import (check_batch_size, describe, load_batch, local_rows, make_mesh, padded_batch_size,
-                                place_batch)
+from jaxarch.train.mesh import (DATA, check_batch_size, describe, load_batch, local_rows, make_mesh,
+                                padded_batch_size, place_batch)
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
                                      validate_config, with_experiment_name)
+from jaxarch.train.profile import StepProfiler, check_profile
 from jaxarch.train.records import (CONFIG, MetricsLog, config_dict, plot_learning_curve, read_saved_config,
                                    write_atomically, write_config)
 from jaxarch.train.resume import check_config, check_steps, checkpoint_mismatch, config_changes, record_history
@@ -35,6 +36,7 @@ from jaxarch.train.signals import Interrupted, StopRequests
 from jaxarch.train.state import TrainState, count_params
 from jaxarch.train.steps import evaluate, make_eval_step
 from jaxarch.train.tasks import TASKS
+from jaxarch.train.tensorboard import EventLog
 
 
 def _progress(total: int, initial: int, enabled: bool | None):
@@ -71,10 +73,11 @@ def init_state(config: ml_collections.ConfigDict, dataset, model, mesh: Mesh | N
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        progress: bool | None = None, restart: bool = False,
-                       allow_config_change: bool = False) -> dict:
+                       allow_config_change: bool = False, profile: tuple[int, int] | None = None) -> dict:
     """Trains `config` in `workdir`, resuming from its newest intact checkpoint if there is one.
 
-    Writes config.json, metrics.jsonl, learning_curve.png and checkpoints/ in `workdir`, and returns the
+    Writes config.json, metrics.jsonl, TensorBoard event files (`jaxarch.train.tensorboard`), learning_curve.png
+    and checkpoints/ in `workdir`, and returns the
     final metrics: experiment, test metrics, params, train_seconds (the training loop's wall time, compile
     included, evaluation and checkpointing excluded), steps, steps_per_second, the best checkpoint's step and
     the mesh. Trains on the mesh of `config.mesh`; in a multi-process run every process calls this, and only
@@ -86,14 +89,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     or SIGINT during the run finishes the step, writes a checkpoint and raises `Interrupted` (handlers are
     installed for the run only). A non-finite loss or gradient raises `NonFiniteError` (under
     `train.nonfinite="stop"`) after the last good checkpoint has been written out.
+
+    `profile=(START, COUNT)` traces the steps after step START, COUNT of them, into `workdir`/profile
+    (`jaxarch.train.profile`); a window outside the run is a `ValueError` naming `--profile`.
     """
     validate_config(config)
     config = with_experiment_name(config)
+    if profile is not None:
+        check_profile(profile, config.train.steps)
     workdir = prepare_workdir(workdir)
     with workdir_lock(workdir), StopRequests(num_processes=jax.process_count()) as stop:
         if restart:
             _clear_workdir(workdir)
-        return _train(config, workdir, progress, allow_config_change, stop)
+        return _train(config, workdir, progress, allow_config_change, stop, profile)
 
 
 def _clear_workdir(workdir: Path) -> None:
@@ -114,8 +122,18 @@ def _clear_workdir(workdir: Path) -> None:
         multihost_utils.sync_global_devices("jaxarch restart")
 
 
+def check_accumulation(mesh: Mesh, batch_size: int, grad_accum_steps: int) -> None:
+    """Each device's rows of a batch split into `grad_accum_steps` equal micro-batch parts: the batch must be a
+    multiple of `grad_accum_steps` x the data axis size."""
+    data = mesh.shape[DATA]
+    if batch_size % (grad_accum_steps * data):
+        raise ValueError(f"config: train.batch_size is {batch_size}, expected a multiple of train.grad_accum_steps="
+                         f"{grad_accum_steps} x the data axis size {data} (mesh {describe(mesh)!r}) = "
+                         f"{grad_accum_steps * data}: each device takes an equal part of every micro-batch")
+
+
 def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | None, allow_config_change: bool,
-           stop: StopRequests) -> dict:
+           stop: StopRequests, profile: tuple[int, int] | None) -> dict:
     start_wall = time.perf_counter()
     dataset, model = build_dataset_and_model(config)
     check_model_accepts_data(config, dataset, model)
@@ -124,6 +142,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
 
     mesh = make_mesh(config.mesh)
     check_batch_size(mesh, train.batch_size, "train.batch_size")
+    check_accumulation(mesh, train.batch_size, train.grad_accum_steps)
     primary = jax.process_index() == 0
     state = init_state(config, dataset, model, mesh)
     # The best checkpoint is judged on the first evaluation split by the task's headline metric.
@@ -135,7 +154,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
             restored = checkpointer.restore(state)
         except CheckpointMismatchError as err:  # the config keys that caused it come first
             raise checkpoint_mismatch(err, read_saved_config(workdir), config_dict(config), workdir) from None
-        resume_step, changes, unlogged = None, {}, []
+        resume_step, changes, unlogged, unlogged_norms = None, {}, [], []
         if restored is not None:
             state, resume_step = restored
             check_steps(train.steps, resume_step, workdir / CHECKPOINTS)
@@ -144,10 +163,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
                 print(f"[jaxarch] {workdir} has no config.json to compare with; resuming with the current config",
                       file=sys.stderr)
             else:
+                # A run saved before train.grad_accum_steps existed trained without accumulation.
+                if isinstance(saved.get("train"), dict):
+                    saved["train"].setdefault("grad_accum_steps", 1)
                 changes = config_changes(saved, config_dict(config))
                 check_config(changes, allowed=allow_config_change, workdir=workdir)
             # Losses of the steps after the last log record, saved with the checkpoint.
             unlogged = [np.float32(loss) for loss in checkpointer.restored_notes.get("unlogged_losses", [])]
+            unlogged_norms = [np.float32(norm) for norm in checkpointer.restored_notes.get("unlogged_grad_norms", [])]
             print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
         elif train.init_from:
             # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
@@ -157,35 +180,44 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
         schedule = make_schedule(config.optim, train.steps)
         if primary and (changes or resume_step is None or not (workdir / CONFIG).exists()):
             write_config(workdir, config)
+        finished = resume_step == train.steps
         log = MetricsLog(workdir / "metrics.jsonl", resume_step, enabled=primary)
+        # A finished run adds no records: its event files are left as they are.
+        events = EventLog(workdir, resume_step, enabled=primary and not finished)
+
+        def record(at_step: int, **values) -> None:
+            log.write(at_step, **values)
+            events.write(at_step, **values)
+
         if changes:
-            _announce_changes(config, saved, workdir, resume_step, changes, schedule, primary, log)
+            _announce_changes(config, saved, workdir, resume_step, changes, schedule, primary, record)
     except BaseException:
         checkpointer.close()
         raise
-    finished = resume_step == train.steps
     if finished:
         print(f"[jaxarch] {config.name} in {workdir} is already complete at step {resume_step}; evaluating its "
               "final checkpoint without adding records", file=sys.stderr)
 
     skipping = train.nonfinite == "skip"
-    train_step = make_sharded_train_step(task, state, mesh, skip_nonfinite=skipping, donate=not train.debug_nans)
+    train_step = make_sharded_train_step(task, state, mesh, skip_nonfinite=skipping, donate=not train.debug_nans,
+                                         grad_accum_steps=train.grad_accum_steps)
     eval_step = make_eval_step(task)
     # Padding rows are masked out of the metrics, so evaluation may round its batch up to split evenly.
     eval_batch_size = padded_batch_size(mesh, train.eval_batch_size)
     guard = NonFiniteGuard(flag_names(state.params), train.nonfinite)
     step = int(state.step)
     pending: list = unlogged  # Per-step losses, read back only when logged so dispatch stays async.
+    pending_norms: list = unlogged_norms  # and gradient norms, alike
     last_log = (step, time.perf_counter())
 
-    def run_eval(at_step: int, record: bool = True) -> dict[str, float]:
+    def run_eval(at_step: int, write: bool = True) -> dict[str, float]:
         results = {}
         for split in dataset.split_names():
             batches = (place_batch(mesh, batch) for batch in dataset.eval_batches(split, eval_batch_size))
             for name, value in evaluate(eval_step, state, batches).items():
                 results[f"{split}/{name}"] = value
-        if record:
-            log.write(at_step, **results)
+        if write:
+            record(at_step, **results)
         return results
 
     # A context, not a global update: it overrides any setting in force and restores it afterwards.
@@ -193,6 +225,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
     debug_nans.__enter__()
     bar = _progress(train.steps, step, progress)
     saved_step = resume_step
+    profiler = StepProfiler(profile, workdir, train.steps, step)
     try:
         loop_start = time.perf_counter()
         while step < train.steps:
@@ -201,17 +234,20 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
                 if saved_step != step and step > 0:
                     # The losses not yet logged travel with the checkpoint, so that the resumed run's next log
                     # record averages the same steps as an uninterrupted run's.
-                    losses = [float(loss) for loss in np.asarray(jax.device_get(pending)).reshape(-1)]
                     jax.block_until_ready(state)
-                    checkpointer.save(state, step, None, notes={"unlogged_losses": losses})
+                    events.flush()
+                    checkpointer.save(state, step, None, notes=_unlogged(pending, pending_norms))
                 checkpointer.wait()
                 raise Interrupted(stop.signum, step if step > 0 else None, str(workdir / CHECKPOINTS))
             try:
-                state, metrics = train_step(state, load_batch(mesh, dataset, seed, step, train.batch_size))
+                with profiler.annotation(step):
+                    state, metrics = train_step(state, load_batch(mesh, dataset, seed, step, train.batch_size))
             except FloatingPointError as err:  # raised by jax_debug_nans, naming the operation
                 raise NonFiniteError(step + 1, "value inside the train step", str(err).splitlines()[0]) from err
             pending.append(metrics["loss"])
+            pending_norms.append(metrics["grad_norm"])
             step += 1
+            profiler.after(step, state)
             guard.record(step, metrics["finite"])
             bar.update(1)
             logged = train.log_every and (step % train.log_every == 0 or step == train.steps)
@@ -221,23 +257,25 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
             if logged or saving or guard.due():
                 guard.check()  # Nothing from a non-finite step is ever logged or saved.
             if logged:
-                losses = np.asarray(jax.device_get(pending))
+                loss, grad_norm = _finite_mean(pending), _finite_mean(pending_norms)
                 pending.clear()
-                finite = losses[np.isfinite(losses)]  # Only skipped steps can be non-finite here.
-                loss = float(np.mean(finite)) if finite.size else math.nan
+                pending_norms.clear()
                 now = time.perf_counter()
                 rate = (step - last_log[0]) / (now - last_log[1])
                 last_log = (step, now)
                 extra = {"train/skipped_steps": int(state.skipped_steps)} if skipping else {}
-                log.write(step, **{"train/loss": loss, "train/learning_rate": float(schedule(step)),
-                                   "train/steps_per_second": rate}, **extra)
+                record(step, **{"train/loss": loss, "train/grad_norm": grad_norm,
+                                "train/learning_rate": float(schedule(step)), "train/steps_per_second": rate},
+                       **extra)
                 bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
             if saving:
                 # Evaluation and checkpoint writing are not training time.
                 jax.block_until_ready(state)
                 pause_start = time.perf_counter()
-                checkpointer.save(state, step, run_eval(step) if evaluated else None,
-                                  notes={"unlogged_losses": [float(x) for x in jax.device_get(pending)]})
+                evaluation = run_eval(step) if evaluated else None
+                # The events of every step up to this checkpoint are on disk before it is.
+                events.flush()
+                checkpointer.save(state, step, evaluation, notes=_unlogged(pending, pending_norms))
                 saved_step = step
                 paused = time.perf_counter() - pause_start
                 loop_start += paused
@@ -246,18 +284,22 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
         jax.block_until_ready(state)
         train_seconds = time.perf_counter() - loop_start
         # A signal after the last step lets the final evaluation and checkpoint finish: the run is complete.
-        final = run_eval(train.steps, record=not finished)
+        final = run_eval(train.steps, write=not finished)
+        events.flush()
         checkpointer.save(state, train.steps, final)
         checkpointer.wait()
+        if primary:
+            plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
+            write_figure(events, workdir / "learning_curve.png", train.steps)
     except NonFiniteError as err:
         err.last_checkpoint, err.checkpoint_dir = checkpointer.latest_step(), str(workdir / CHECKPOINTS)
         raise
     finally:
+        profiler.close()
         bar.close()
         debug_nans.__exit__(None, None, None)
         checkpointer.close()  # Waits for a checkpoint still being written, even when stopping on an error.
-    if primary:
-        plot_learning_curve(log.records(), workdir / "learning_curve.png", config.name)
+        events.close()
     # Sampling is a host-side loop of small steps; across processes it would need them all in lockstep.
     sample = _maybe_sample(config, dataset, state, workdir) if jax.process_count() == 1 else None
     trained_steps = train.steps - (resume_step or 0)
@@ -286,8 +328,31 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
     return result
 
 
+def _finite_mean(values: list) -> float:
+    """The mean of the per-step values read back from the device, over the finite ones (only skipped steps can
+    be non-finite here); NaN when none is."""
+    values = np.asarray(jax.device_get(values)).reshape(-1)
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite)) if finite.size else math.nan
+
+
+def _unlogged(losses: list, grad_norms: list) -> dict:
+    """A checkpoint's notes: the per-step values not yet logged, so that the resumed run's next log record
+    averages the same steps as an uninterrupted run's."""
+    def floats(values):
+        return [float(x) for x in np.asarray(jax.device_get(values)).reshape(-1)]
+
+    return {"unlogged_losses": floats(losses), "unlogged_grad_norms": floats(grad_norms)}
+
+
+def write_figure(events: EventLog, path: Path, step: int) -> None:
+    """The learning-curve PNG (when one was drawn) as an image event at the run's last step."""
+    if path.exists():
+        events.write_png("learning_curve", step, path.read_bytes())
+
+
 def _announce_changes(config: ml_collections.ConfigDict, saved: dict, workdir: Path, resume_step: int,
-                      changes: dict, schedule, primary: bool, log: MetricsLog) -> None:
+                      changes: dict, schedule, primary: bool, record) -> None:
     """Reports allowed config changes on stderr and records them (config_history.jsonl and a `config_change`
     record in metrics.jsonl at the resume step). The learning-rate schedule is recomputed for the new config
     as if the run had started with it; when `train.steps` or an `optim` key changed, the rate at the resume
@@ -310,7 +375,7 @@ def _announce_changes(config: ml_collections.ConfigDict, saved: dict, workdir: P
               f"rate goes from {before:.3g} (saved schedule) to {after:.3g} (new schedule)", file=sys.stderr)
     if primary:
         record_history(workdir, resume_step, changes)
-        log.write(resume_step, **marker)
+        record(resume_step, **marker)
 def _maybe_sample(config: ml_collections.ConfigDict, dataset, state: TrainState, workdir: Path) -> str | None:
     """For language models (configs with a `sample` section and a dataset that decodes ids): a text sample,
     written to sample.txt and shown on stderr."""

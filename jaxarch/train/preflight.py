@@ -56,6 +56,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "steps": _POSITIVE, "batch_size": _POSITIVE, "eval_batch_size": _POSITIVE, "log_every": _EVERY,
         "eval_every": _EVERY, "checkpoint_every": _EVERY, "keep_checkpoints": _POSITIVE,
         "nonfinite": _choice(POLICIES), "debug_nans": _BOOL, "fsdp": _BOOL,
+        "grad_accum_steps": _POSITIVE,
         "init_from": Option((str,), lambda v: True, "the work directory of an earlier run, or '' for none"),
     },
     "optim": {
@@ -117,6 +118,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if absent and section in REQUIRED:
             raise ValueError(f"config: missing keys {absent}, expected every key of the {section!r} section")
     _check_factory_options(config)
+    accumulation = config.train.get("grad_accum_steps", 1)
+    if config.train.batch_size % accumulation:
+        raise ValueError(f"config: train.batch_size is {config.train.batch_size}, expected a multiple of "
+                         f"train.grad_accum_steps={accumulation} (the batch is split into that many micro-batches)")
 
 
 def _check_factory_options(config: ml_collections.ConfigDict) -> None:

@@ -79,10 +79,15 @@ def init_sharded_state(init_variables: Callable[[], dict], apply_fn: Callable, t
 
 
 def make_sharded_train_step(task: Task, state: TrainState, mesh: Mesh, *, skip_nonfinite: bool = False,
-                            donate: bool = True):
+                            donate: bool = True, grad_accum_steps: int = 1):
     """`make_train_step`'s step, jitted to take and return the state in the shardings `state` has now (donated
-    unless `donate` is False) and a batch split along `data`; the metrics come back replicated."""
+    unless `donate` is False) and a batch split along `data`; the metrics come back replicated.
+
+    With `grad_accum_steps` > 1 each device keeps its own rows: micro-batch i takes every k-th row of the batch
+    (`jaxarch.train.steps.split_micro_batches`), so when the batch per device is a multiple of k every device
+    holds an equal part of every micro-batch and no rows move. GSPMD all-reduces each micro-batch's gradient
+    inside the loop (k gradient all-reduces per step rather than one); the values are the same."""
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = make_train_step(task, jit=False, skip_nonfinite=skip_nonfinite)
+    step = make_train_step(task, jit=False, skip_nonfinite=skip_nonfinite, grad_accum_steps=grad_accum_steps)
     return jax.jit(step, donate_argnums=0 if donate else (),
                    in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, replicated(mesh)))

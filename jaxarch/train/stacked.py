@@ -5,8 +5,8 @@ Members of one stack share every config value except `jaxarch.train.sweep.STACKA
 parameters, batches and dropout keys are each member's own) and the optimizer's learning rate and weight decay,
 which enter the step as per-member arrays. Everything else is each member's single run: the same initial
 state (`init_state` with the member's config), batch `(seed, step)`, dropout key `fold_in(rng, step)`, logging,
-evaluation and checkpoints in the member's own run directory, in the single run's format, so `jaxarch run` can
-resume a member and a member checkpoint resumes here. The results equal the single runs' within float rounding:
+evaluation, checkpoints and TensorBoard events in the member's own run directory, in the single run's format, so
+`jaxarch run` can resume a member and a member checkpoint resumes here. The results equal the single runs' within float rounding:
 a batched matmul or convolution may sum in another order than the unbatched one.
 
 On several devices the member axis is split over them (the largest device count that divides the members);
@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxarch.train.checkpoint import Checkpointer, load_trained_params
-from jaxarch.train.loop import build_dataset_and_model, init_state, train_and_evaluate
+from jaxarch.train.loop import build_dataset_and_model, init_state, train_and_evaluate, write_figure
 from jaxarch.train.mesh import make_mesh
 from jaxarch.train.nonfinite import NonFiniteGuard, flag_names
 from jaxarch.train.optim import OPTIMIZERS, make_schedule
@@ -36,6 +36,7 @@ from jaxarch.train.records import MetricsLog, plot_learning_curve, write_config
 from jaxarch.train.state import TrainState, count_params
 from jaxarch.train.steps import evaluate, make_eval_step, make_train_step
 from jaxarch.train.tasks import TASKS
+from jaxarch.train.tensorboard import EventLog
 
 MEMBERS = "members"  # the mesh axis the member axis is split over
 
@@ -62,7 +63,8 @@ def make_stacked_step(task, config: ml_collections.ConfigDict, *, skip_nonfinite
     step (`make_train_step`) vmapped over members. The stacked state holds no optimizer (`tx=None`): each member's
     is rebuilt in the step from its `{"learning_rate", "weight_decay"}` ([members] arrays). Metrics are
     [members] arrays, but "finite", flattened to [members x quantities] for one `NonFiniteGuard`."""
-    single_step = make_train_step(task, jit=False, skip_nonfinite=skip_nonfinite)
+    single_step = make_train_step(task, jit=False, skip_nonfinite=skip_nonfinite,
+                                  grad_accum_steps=config.train.grad_accum_steps)
 
     def member_step(state: TrainState, batch: dict, hyperparams: dict):
         tx = member_optimizer(config.optim, config.train.steps, **hyperparams)
@@ -143,11 +145,23 @@ def train_stacked(members: Sequence) -> list[dict]:
 
 
 def _train(members, configs, states, checkpointers, dataset, task, resume_step, start_wall) -> list[dict]:
-    config, train = configs[0], configs[0].train
-    count = len(members)
+    """Each member's records (metrics.jsonl and TensorBoard events, closed whatever happens) around the loop."""
     for member, member_config in zip(members, configs):
         write_config(member.workdir, member_config)
     logs = [MetricsLog(member.workdir / "metrics.jsonl", resume_step) for member in members]
+    events = [EventLog(member.workdir, resume_step) for member in members]
+    try:
+        return _train_members(members, configs, states, checkpointers, dataset, task, resume_step, start_wall, logs,
+                              events)
+    finally:
+        for member_events in events:
+            member_events.close()
+
+
+def _train_members(members, configs, states, checkpointers, dataset, task, resume_step, start_wall, logs,
+                   events) -> list[dict]:
+    config, train = configs[0], configs[0].train
+    count = len(members)
     devices = member_devices(count)
     mesh = Mesh(np.array(devices), (MEMBERS,))
     split = NamedSharding(mesh, PartitionSpec(MEMBERS))
@@ -164,6 +178,7 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
     schedules = [make_schedule(c.optim, train.steps) for c in configs]
     step = int(states[0].step)
     pending: list[jax.Array] = []  # [members] losses per step, read back when logged
+    pending_norms: list[jax.Array] = []  # [members] gradient norms, alike
     last_log = (step, time.perf_counter())
 
     def member_state(index: int) -> TrainState:
@@ -178,10 +193,13 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
                 for name, value in evaluate(eval_step, state, batches).items():
                     values[f"{split_name}/{name}"] = value
             log.write(at_step, **values)
+            events[index].write(at_step, **values)
             results.append(values)
         return results
 
     def save(at_step: int, evaluations: list[dict] | None) -> None:
+        for member_events in events:  # The events up to a checkpoint are on disk before it is.
+            member_events.flush()
         for index, checkpointer in enumerate(checkpointers):
             checkpointer.save(member_state(index), at_step, evaluations[index] if evaluations else None)
 
@@ -190,6 +208,7 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
         batch = stack([dataset.train_batch(c.seed, step, train.batch_size) for c in configs], split)
         stacked, metrics = step_fn(stacked, batch, hyper)
         pending.append(metrics["loss"])
+        pending_norms.append(metrics["grad_norm"])
         step += 1
         guard.record(step, metrics["finite"])
         logged = train.log_every and (step % train.log_every == 0 or step == train.steps)
@@ -199,17 +218,20 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
             guard.check()
         if logged:
             losses = np.asarray(jax.device_get(pending))  # [steps, members]
+            norms = np.asarray(jax.device_get(pending_norms))  # [steps, members]
             pending.clear()
+            pending_norms.clear()
             now = time.perf_counter()
             rate = (step - last_log[0]) / (now - last_log[1])
             last_log = (step, now)
             skipped = np.asarray(stacked.skipped_steps) if skipping else None
             for index, log in enumerate(logs):
-                finite = losses[:, index][np.isfinite(losses[:, index])]
-                loss = float(np.mean(finite)) if finite.size else float("nan")
+                loss, grad_norm = _finite_mean(losses[:, index]), _finite_mean(norms[:, index])
                 extra = {"train/skipped_steps": int(skipped[index])} if skipping else {}
-                log.write(step, **{"train/loss": loss, "train/learning_rate": float(schedules[index](step)),
-                                   "train/steps_per_second": rate}, **extra)
+                values = {"train/loss": loss, "train/grad_norm": grad_norm,
+                          "train/learning_rate": float(schedules[index](step)), "train/steps_per_second": rate, **extra}
+                log.write(step, **values)
+                events[index].write(step, **values)
         if saving:
             jax.block_until_ready(stacked)
             pause_start = time.perf_counter()
@@ -231,6 +253,7 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
     results = []
     for index, (member, member_config) in enumerate(zip(members, configs)):
         plot_learning_curve(logs[index].records(), member.workdir / "learning_curve.png", member_config.name)
+        write_figure(events[index], member.workdir / "learning_curve.png", train.steps)
         result = {
             "experiment": member_config.name,
             **{key.replace("/", "_"): value for key, value in finals[index].items()},
@@ -250,3 +273,9 @@ def _train(members, configs, states, checkpointers, dataset, task, resume_step, 
             result["skipped_steps"] = int(np.asarray(stacked.skipped_steps)[index])
         results.append(result)
     return results
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """The mean over the finite values (only skipped steps can be non-finite); NaN when none is."""
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite)) if finite.size else float("nan")
