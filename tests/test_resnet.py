@@ -2,6 +2,8 @@
 loop (updated in training, used in evaluation, kept by checkpoints), and the CIFAR-10 experiment end to end on
 files in CIFAR's on-disk format."""
 
+import importlib.util
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 from test_data_standard import cifar_archive, data_dir, serve  # noqa: F401 - data_dir is an autouse fixture
 
 from jaxarch import experiments
+from jaxarch.compat import enable_x64
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
 from jaxarch.train import train_and_evaluate
@@ -130,3 +133,59 @@ def test_cifar10_resnet20_runs_end_to_end_on_files_in_cifars_format(monkeypatch,
     result = train_and_evaluate(config, tmp_path / "run", progress=False)
     assert result["steps"] == 3 and result["params"] == 269_722  # ResNet-20 as the config builds it.
     assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_loss"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (an optional peer)")
+def test_resnet_equals_the_pytorch_cifar_resnet_with_the_same_weights():
+    """Against the benchmark's PyTorch ResNet (option A, padding 1) with copied weights and random running
+    statistics: evaluation on the running averages and training on the batch's statistics agree."""
+    import torch
+
+    from jaxarch.benchmarks.torch_models import CifarResNet
+
+    torch.manual_seed(0)
+    reference = CifarResNet(channels=3, depth=8).double()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    layers = list(reference.net)
+    convs = [m for m in reference.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    names = ["stem"] + [f"stage{s}_block1/Conv_{i}" for s in (1, 2, 3) for i in (0, 1)]
+    norm_names = ["stem_norm"] + [f"stage{s}_block1/BatchNorm_{i}" for s in (1, 2, 3) for i in (0, 1)]
+    params, stats = {}, {}
+
+    def put(tree, path, value):
+        *parents, leaf = path.split("/")
+        for key in parents:
+            tree = tree.setdefault(key, {})
+        tree[leaf] = value
+
+    for name, conv in zip(names, convs):
+        put(params, f"{name}/kernel", conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+    for name, norm in zip(norm_names, norms):
+        put(params, f"{name}/scale", norm.weight.detach().numpy())
+        put(params, f"{name}/bias", norm.bias.detach().numpy())
+        put(stats, f"{name}/mean", norm.running_mean.numpy().copy())
+        put(stats, f"{name}/var", norm.running_var.numpy().copy())
+    head = layers[-1]
+    params["head"] = {"kernel": head.weight.detach().numpy().T, "bias": head.bias.detach().numpy()}
+    model = build_model("resnet", 10, depth=8)
+    x = np.random.default_rng(0).standard_normal((5, 12, 10, 3))
+    with enable_x64(True):
+        variables = jax.tree.map(jnp.asarray, {"params": params, "batch_stats": stats})
+        chex.assert_trees_all_equal_shapes(variables, jax.eval_shape(
+            lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jnp.asarray(x)))
+        evaluated = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(x))
+        trained, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables,
+                                                                                                jnp.asarray(x))
+    images = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        expected_eval = reference.eval()(images).numpy()
+        expected_train = reference.train()(images).numpy()
+    np.testing.assert_allclose(np.asarray(evaluated), expected_eval, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(trained), expected_train, rtol=1e-9, atol=1e-9)
