@@ -1,9 +1,9 @@
 """ResNet-20 on CIFAR-10 (He et al. 2016, section 4.2): basic blocks, 16-32-64 channels, option A shortcuts.
 
 Command: jaxarch run cifar10-resnet20
-Wall time: about 64,000 steps / (steps/s); on this project's shared 2-core CPU the training step measured
-STEPS_PER_SECOND steps/s on synthetic data of CIFAR's shapes (docs/performance/input-pipeline.md), so about
-HOURS hours of training; a GPU takes minutes.
+Wall time: 64,000 steps at batch 128. On the project's 2-core CPU, shared with other jobs (load average 15-19),
+the loop trained 0.09-0.13 steps/s on synthetic data of CIFAR's shapes (docs/performance/input-pipeline.md):
+about 6 days at 0.13 steps/s. Not measured on a quiet CPU or on a GPU.
 Expected: test accuracy 91.25% (the paper's table 6, ResNet-20: 8.75% error), the published anchor. Not measured
 here: the machine these configs were written on cannot download CIFAR-10 (the run downloads
 cifar-10-python.tar.gz on first use and checks its SHA-256; jaxarch.data.standard).
