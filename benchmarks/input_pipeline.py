@@ -10,7 +10,7 @@ Measured:
   `train.prefetch` 0 (each batch loaded in the loop) and 2 (the background thread), in the same process: steps/s
   and `train/data_wait_fraction` from metrics.jsonl, the first log interval (compilation) left out.
 
-Command: python -m jaxarch.benchmarks.input_pipeline [--steps 60] [--out benchmarks/results/input_pipeline.json]
+Command: python -m jaxarch.benchmarks.input_pipeline [--steps 60] [--prefetch 0,2] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def loop_run(dataset, steps: int, prefetch: int, log_every: int = 10) -> dict:
             "train_seconds": result["train_seconds"]}
 
 
-def run(steps: int = 60, log=print) -> dict:
+def run(steps: int = 60, depths: tuple[int, ...] = (0, 2), log=print) -> dict:
     import os
 
     import jax
@@ -112,7 +112,7 @@ def run(steps: int = 60, log=print) -> dict:
     result["loader_images_per_second"] = loader_images_per_second(dataset)
     log(f"loader alone: {result['loader_images_per_second']}")
     result["loop"] = []
-    for prefetch in (0, 2):
+    for prefetch in depths:
         row = loop_run(dataset, steps, prefetch)
         log(f"loop prefetch={prefetch}: {row}")
         result["loop"].append(row)
@@ -122,12 +122,13 @@ def run(steps: int = 60, log=print) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--prefetch", default="0,2", help="the train.prefetch values to run, in this order")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     import jaxarch
 
     jaxarch.tune_cpu()  # As the `jaxarch` command runs training, before JAX's backends start.
-    result = run(args.steps)
+    result = run(args.steps, tuple(int(depth) for depth in args.prefetch.split(",")))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -111,8 +111,9 @@ def test_training_updates_batch_stats_and_evaluation_uses_them_deterministically
     chex.assert_trees_all_equal(first, second)
     # Evaluation normalises by the running averages, not by the batch: other running averages, other outputs.
     variables = {"params": state.params, **state.model_state}
-    with_running = model.apply(variables, batch["inputs"], train=False)
-    with_batch, _ = model.apply(variables, batch["inputs"], train=True, mutable=["batch_stats"])
+    with_running = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch["inputs"])
+    with_batch, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables,
+                                                                                              batch["inputs"])
     assert not np.allclose(with_running, with_batch, atol=1e-3)
 
     checkpointer = Checkpointer(tmp_path, every=1, keep=1)
