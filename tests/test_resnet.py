@@ -190,3 +190,18 @@ def test_resnet_equals_the_pytorch_cifar_resnet_with_the_same_weights():
         expected_train = reference.train()(images).numpy()
     np.testing.assert_allclose(np.asarray(evaluated), expected_eval, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(np.asarray(trained), expected_train, rtol=1e-9, atol=1e-9)
+
+
+def test_sgd_l2_is_the_papers_sgd_decay_added_to_the_gradient_before_heavy_ball_momentum():
+    from jaxarch.train.optim import make_optimizer
+
+    optim = override_config(experiments.get_config("cifar10-resnet20"), ["optim.schedule=constant"]).optim
+    tx = make_optimizer(optim, 100)
+    lr, momentum, decay = optim.learning_rate, optim.b1, optim.weight_decay
+    params, grads = np.array([1.0, -2.0, 3.0]), np.array([0.5, 0.25, -1.0])
+    state, velocity = tx.init(jnp.asarray(params)), np.zeros(3)
+    for _ in range(3):  # PyTorch's SGD(momentum, weight_decay), step by step: v = m v + (g + wd p); p -= lr v.
+        velocity = momentum * velocity + grads + decay * params
+        updates, state = tx.update(jnp.asarray(grads), state, jnp.asarray(params))
+        np.testing.assert_allclose(np.asarray(updates), -lr * velocity, rtol=1e-6)
+        params = params - lr * velocity
