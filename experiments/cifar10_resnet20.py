@@ -2,7 +2,7 @@
 
 Command: jaxarch run cifar10-resnet20
 Wall time: 64,000 steps at batch 128. On the project's 2-core CPU, shared with other jobs (load average 15-19),
-the loop trained 0.09-0.37 steps/s on synthetic data of CIFAR's shapes (docs/performance/input-pipeline.md): 2 to
+the loop trained 0.09-0.61 steps/s on synthetic data of CIFAR's shapes (docs/performance/input-pipeline.md): 1 to
 8 days. Not measured on a quiet CPU or on a GPU.
 Expected: test accuracy 91.25% (the paper's table 6, ResNet-20: 8.75% error), the published anchor. Not measured
 here: the machine these configs were written on cannot download CIFAR-10 (the run downloads
