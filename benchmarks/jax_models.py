@@ -3,7 +3,8 @@ jitted training step (forward, backward, Adam update) both are timed with.
 
 The Flax compositions are what a user would write without jaxarch: `nn.Conv` + `nn.max_pool`,
 `nn.RNN(nn.SimpleCell / nn.OptimizedLSTMCell / nn.GRUCell)`, and pre-LN blocks of `nn.LayerNorm`,
-`nn.MultiHeadDotProductAttention` and an `nn.Dense` MLP with exact GELU, as jaxarch's blocks use.
+`nn.MultiHeadDotProductAttention` and an `nn.Dense` MLP with exact GELU, as jaxarch's blocks use, and the CIFAR
+ResNet of `nn.Conv`, `nn.BatchNorm` and option A shortcuts (strided slice, zero-padded channels).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxarch.benchmarks.workloads import CLASSES, CONV_FEATURES, MLP_RATIO, NUM_GATES, check_family
+from jaxarch.benchmarks.workloads import CLASSES, CONV_FEATURES, MLP_RATIO, NUM_GATES, RESNET_WIDTHS, check_family
 from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell, SimpleRNNCell
 from jaxarch.layers.transformer import DecoderBlock
 from jaxarch.models.cnn import CNN
+from jaxarch.models.resnet import ResNet
 from jaxarch.models.transformer import GPT, ViT
 
 IMPLEMENTATIONS = ("jaxarch", "flax")
@@ -38,6 +40,8 @@ def jaxarch_model(family: str, shape: dict, dtype: Dtype) -> nn.Module:
         return RNN(cell(shape["hidden"], dtype=dtype))
     if family == "attention":
         return DecoderBlock(num_heads=shape["heads"], mlp_ratio=MLP_RATIO, dtype=dtype)
+    if family == "resnet":
+        return ResNet(num_outputs=CLASSES, depth=shape["depth"], dtype=dtype)
     if family == "gpt":
         return GPT(num_outputs=shape["vocab"], embed_dim=shape["features"], num_layers=shape["layers"],
                    num_heads=shape["heads"], mlp_ratio=MLP_RATIO, max_length=shape["time"], dtype=dtype)
@@ -130,6 +134,42 @@ class FlaxViT(nn.Module):
         return nn.Dense(CLASSES, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x)[:, 0])
 
 
+class FlaxBasicBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the option A shortcut, then ReLU."""
+
+    features: int
+    strides: int
+    dtype: Dtype = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
+                                    dtype=self.dtype)
+        y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False, dtype=self.dtype)(x)
+        y = nn.relu(norm()(y))
+        y = norm()(nn.Conv(self.features, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(y))
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = x[:, ::self.strides, ::self.strides, :]
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
+        return nn.relu(y + x)
+
+
+class FlaxResNet(nn.Module):
+    """The CIFAR ResNet of `depth` = 6n + 2: conv3x3(16) -> BN -> ReLU, three stages of n blocks, pool, Dense."""
+
+    depth: int
+    dtype: Dtype = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(RESNET_WIDTHS[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x))
+        for stage, width in enumerate(RESNET_WIDTHS):
+            for block in range((self.depth - 2) // 6):
+                x = FlaxBasicBlock(width, 2 if stage > 0 and block == 0 else 1, self.dtype)(x, train)
+        return nn.Dense(CLASSES, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))
+
+
 def flax_model(family: str, shape: dict, dtype: Dtype) -> nn.Module:
     """The family composed from Flax's built-in modules, computing in `dtype` with float32 parameters."""
     check_family(family)
@@ -140,6 +180,8 @@ def flax_model(family: str, shape: dict, dtype: Dtype) -> nn.Module:
         return nn.RNN(cell(shape["hidden"], dtype=dtype))
     if family == "attention":
         return FlaxAttention(shape["heads"], dtype)
+    if family == "resnet":
+        return FlaxResNet(shape["depth"], dtype)
     if family == "gpt":
         return FlaxGPT(shape["vocab"], shape["features"], shape["layers"], shape["heads"], dtype)
     return FlaxViT(shape["patch"], shape["features"], shape["layers"], shape["heads"], dtype)
@@ -155,7 +197,7 @@ def build_model(implementation: str, family: str, shape: dict, dtype: Dtype) -> 
 def loss(family: str, outputs, targets):
     """Mean cross-entropy against integer labels (conv, vit, gpt) or mean squared error, in float32."""
     outputs = outputs.astype(jnp.float32)
-    if family in ("conv", "vit", "gpt"):
+    if family in ("conv", "vit", "gpt", "resnet"):
         return optax.softmax_cross_entropy_with_integer_labels(outputs, targets).mean()
     return jnp.mean(jnp.square(outputs - targets))
 
@@ -169,22 +211,34 @@ def train_step(model: nn.Module, family: str, inputs: np.ndarray, targets: np.nd
     normalisation statistics) out of the timed step.
     """
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    # Models with BatchNorm (resnet) train on batch statistics and update their running averages ("batch_stats"),
+    # as a training loop does.
+    batch_norm = family == "resnet"
+    mode = {"train": False} if batch_norm else {}
     # The "rbg" generator compiles in about half the time of the default threefry; any initial values will do.
-    params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), inputs)["params"]
+    variables = jax.jit(lambda key, x: model.init(key, x, **mode))(jax.random.key(0, impl="rbg"), inputs)
+    params = variables["params"]
+    model_state = {name: value for name, value in variables.items() if name != "params"}
     optimizer = optax.adam(LEARNING_RATE)
 
-    def loss_fn(params, inputs, targets):
-        return loss(family, model.apply({"params": params}, inputs), targets)
+    def loss_fn(params, model_state, inputs, targets):
+        if batch_norm:
+            outputs, model_state = model.apply({"params": params, **model_state}, inputs, train=True,
+                                               mutable=list(model_state))
+        else:
+            outputs = model.apply({"params": params}, inputs)
+        return loss(family, outputs, targets), model_state
 
-    def step(params, opt_state, inputs, targets):
-        value, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
+    def step(params, opt_state, model_state, inputs, targets):
+        (value, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, model_state, inputs,
+                                                                                 targets)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        return optax.apply_updates(params, updates), opt_state, model_state, value
 
-    step = jax.jit(step, donate_argnums=(0, 1))
-    state = [params, optimizer.init(params)]
+    step = jax.jit(step, donate_argnums=(0, 1, 2))
+    state = [params, optimizer.init(params), model_state]
 
     def run() -> None:
-        state[0], state[1], _ = jax.block_until_ready(step(state[0], state[1], inputs, targets))
+        state[0], state[1], state[2], _ = jax.block_until_ready(step(*state, inputs, targets))
 
     return run

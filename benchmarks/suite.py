@@ -1,7 +1,8 @@
 """The benchmark suite behind `jaxarch bench`: training-step speed of every family beside its peers, in one run.
 
-For each family (`benchmarks/workloads.py`: conv, rnn, lstm, gru, attention, gpt, vit) at each size (small, the
-reference shapes, large), one training step (forward, backward, Adam update) of:
+For each family (`benchmarks/workloads.py`: conv, rnn, lstm, gru, attention, gpt, vit, resnet) at each size
+(small, the reference shapes, large), one training step (forward, backward, Adam update; for resnet also the
+BatchNorm running averages) of:
 
 - `jaxarch`: the family built from jaxarch's layers and models;
 - `flax`: the same composition of Flax's built-in modules (`benchmarks/jax_models.py`);
@@ -30,6 +31,8 @@ Then the scaling curves (`benchmarks/curves.py`); with more than one device, thr
 (`benchmarks/scaling.py`: `DEVICE_SCALING_EXPERIMENTS` on data:1, data:2, ... every device); the targets
 (`CPU_TARGETS`, `ACCELERATOR_TARGETS`), `jaxarch sweep`'s two strategies side by side (`benchmarks/sweep.py`),
 and the JSON, a Markdown table and PNG plots (`benchmarks/report.py`).
+
+The input pipeline beside ResNet-20's training loop is measured apart: `benchmarks/input_pipeline.py`.
 
 Command: jaxarch bench [--quick] [--families conv,rnn,...] [--out benchmarks/results/bench_cpu.json]
 (the full suite takes 10-15 minutes on a 2-core CPU, `--quick` under two minutes.)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from jaxarch.benchmarks.workloads import CLASSES, CONV_FEATURES, MLP_RATIO, NUM_GATES, check_family, make_data
+from jaxarch.benchmarks.workloads import (CLASSES, CONV_FEATURES, IMAGE_FAMILIES, MLP_RATIO, NUM_GATES, RESNET_WIDTHS,
+                                         check_family, make_data)
 
 LEARNING_RATE = 1e-3
 
@@ -98,6 +99,41 @@ class ViTNet(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
+class BasicBlock(nn.Module):
+    """conv3x3 -> BatchNorm2d -> ReLU -> conv3x3 -> BatchNorm2d, plus the option A shortcut, then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.extra = stride, c_out - c_in
+
+    def forward(self, x):  # [B, C, H, W]
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        if self.stride != 1 or self.extra:
+            x = nn.functional.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+        return torch.relu(y + x)
+
+
+class CifarResNet(nn.Module):
+    """The CIFAR ResNet of `depth` = 6n + 2: conv3x3(16) -> BN -> ReLU, three stages of n blocks, pool, Linear."""
+
+    def __init__(self, channels: int, depth: int):
+        super().__init__()
+        layers, c_in = [nn.Conv2d(channels, RESNET_WIDTHS[0], 3, padding=1, bias=False),
+                        nn.BatchNorm2d(RESNET_WIDTHS[0]), nn.ReLU()], RESNET_WIDTHS[0]
+        for stage, width in enumerate(RESNET_WIDTHS):
+            for block in range((depth - 2) // 6):
+                layers.append(BasicBlock(c_in, width, 2 if stage > 0 and block == 0 else 1))
+                c_in = width
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, CLASSES))
+
+    def forward(self, images):  # [B, C, H, W] -> [B, classes]
+        return self.net(images)
+
+
 def torch_model(family: str, shape: dict) -> nn.Module:
     check_family(family)
     if family == "conv":
@@ -106,6 +142,8 @@ def torch_model(family: str, shape: dict) -> nn.Module:
         return RecurrentNet(family, shape["features_in"], shape["hidden"])
     if family == "attention":
         return Block(shape["features"], shape["heads"], causal=True)
+    if family == "resnet":
+        return CifarResNet(shape["channels"], shape["depth"])
     if family == "gpt":
         return GPTNet(shape["vocab"], shape["time"], shape["features"], shape["heads"], shape["layers"])
     return ViTNet(shape["image"], shape["channels"], shape["patch"], shape["features"], shape["heads"],
@@ -114,7 +152,7 @@ def torch_model(family: str, shape: dict) -> nn.Module:
 
 def _tensors(family: str, shape: dict, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     inputs, targets = make_data(family, shape)
-    if family in ("conv", "vit"):
+    if family in IMAGE_FAMILIES:
         inputs = np.ascontiguousarray(inputs.transpose(0, 3, 1, 2))  # channels first, torch's layout
     x, y = torch.from_numpy(inputs), torch.from_numpy(targets)
     if y.dtype == torch.int32:
@@ -131,7 +169,7 @@ def train_step(family: str, shape: dict, device: str, compiled: bool) -> Callabl
     forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     inputs, targets = _tensors(family, shape, device)
-    classify = family in ("conv", "vit", "gpt")
+    classify = family in ("conv", "vit", "gpt", "resnet")
 
     def run() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -17,7 +17,10 @@ for one forward pass:
   masked out is counted, as the dense kernel computes it);
 - gpt: layers x the attention block, plus 2 * B * T * D * vocab for the output layer;
 - vit: 2 * B * N * p^2 * C * D for the patch embedding (N patches of p x p), layers x a non-causal block over
-  N + 1 tokens (the CLS token), plus 2 * B * D * classes.
+  N + 1 tokens (the CLS token), plus 2 * B * D * classes;
+- resnet (CIFAR ResNet of `depth` = 6n + 2, option A shortcuts, 16-32-64 channels): the 3x3 stem
+  2 * B * H * W * 9 * C * 16, then per 3x3 convolution 2 * B * H_out * W_out * 9 * C_in * C_out (stage s at
+  H / 2^s), plus 2 * B * 64 * classes.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import dataclasses
 
 import numpy as np
 
-FAMILIES = ("conv", "rnn", "lstm", "gru", "attention", "gpt", "vit")
+FAMILIES = ("conv", "rnn", "lstm", "gru", "attention", "gpt", "vit", "resnet")
+IMAGE_FAMILIES = ("conv", "vit", "resnet")
 SIZES = ("small", "reference", "large")
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 CLASSES = 10
 MLP_RATIO = 4
 CONV_FEATURES = (32, 64)
+RESNET_WIDTHS = (16, 32, 64)
 
 _RECURRENT = {
     "small": dict(batch=16, time=32, features_in=16, hidden=64),
@@ -62,6 +67,11 @@ _CPU_SHAPES = {
         "reference": dict(batch=64, image=32, channels=3, patch=4, features=192, heads=3, layers=6),
         "large": dict(batch=32, image=64, channels=3, patch=8, features=256, heads=4, layers=6),
     },
+    "resnet": {  # The reference is ResNet-20 on CIFAR-10's shapes at the paper's batch of 128.
+        "small": dict(batch=32, image=32, channels=3, depth=8),
+        "reference": dict(batch=128, image=32, channels=3, depth=20),
+        "large": dict(batch=128, image=32, channels=3, depth=56),
+    },
 }
 # On a GPU or TPU the large size is one that fills the chip (the model-FLOP utilisation target is set there).
 _ACCELERATOR_LARGE = {
@@ -72,6 +82,7 @@ _ACCELERATOR_LARGE = {
     "attention": dict(batch=32, time=2048, features=1024, heads=8),
     "gpt": dict(batch=8, time=2048, features=2048, heads=16, layers=8, vocab=32768),
     "vit": dict(batch=256, image=224, channels=3, patch=16, features=768, heads=12, layers=12),
+    "resnet": dict(batch=1024, image=32, channels=3, depth=56),
 }
 
 
@@ -127,6 +138,8 @@ def forward_flops(family: str, shape: dict) -> float:
     if family == "gpt":
         blocks = shape["layers"] * block_forward_flops(shape["batch"], shape["time"], shape["features"])
         return blocks + 2 * shape["batch"] * shape["time"] * shape["features"] * shape["vocab"]
+    if family == "resnet":
+        return resnet_forward_flops(shape)
     batch, features, patch = shape["batch"], shape["features"], shape["patch"]  # vit
     patches = (shape["image"] // patch) ** 2
     embed = 2 * batch * patches * patch ** 2 * shape["channels"] * features
@@ -134,9 +147,21 @@ def forward_flops(family: str, shape: dict) -> float:
     return embed + blocks + 2 * batch * features * CLASSES
 
 
+def resnet_forward_flops(shape: dict) -> float:
+    """The CIFAR ResNet's convolutions and its Dense head, forward (option A shortcuts have no FLOPs)."""
+    batch, side, blocks = shape["batch"], shape["image"], (shape["depth"] - 2) // 6
+    flops, c_in = 2 * batch * side * side * 9 * shape["channels"] * RESNET_WIDTHS[0], RESNET_WIDTHS[0]
+    for stage, width in enumerate(RESNET_WIDTHS):
+        out = side // 2 ** stage
+        for _ in range(blocks):
+            flops += 2 * batch * out * out * 9 * (c_in + width) * width  # Its two 3x3 convolutions.
+            c_in = width
+    return flops + 2 * batch * RESNET_WIDTHS[-1] * CLASSES
+
+
 def workload(family: str, size: str, backend: str = "cpu") -> Workload:
     shape = shape_of(family, size, backend)
-    images = family in ("conv", "vit")
+    images = family in IMAGE_FAMILIES
     items = shape["batch"] if images else shape["batch"] * shape["time"]
     return Workload(family, size, shape, 3.0 * forward_flops(family, shape), items, "images" if images else "tokens")
 
@@ -144,14 +169,14 @@ def workload(family: str, size: str, backend: str = "cpu") -> Workload:
 def make_data(family: str, shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`(inputs, targets)` as numpy arrays, channels-last images; the same on every side of the comparison.
 
-    conv, vit: images `[B, H, W, C]` float32 and labels `[B]` int32; rnn, lstm, gru: `[B, T, in]` and a regression
-    target `[B, T, H]`; attention: `[B, T, D]` and a target `[B, T, D]`; gpt: token ids `[B, T]` and next tokens
-    `[B, T]`, int32.
+    conv, vit, resnet: images `[B, H, W, C]` float32 and labels `[B]` int32; rnn, lstm, gru: `[B, T, in]` and a
+    regression target `[B, T, H]`; attention: `[B, T, D]` and a target `[B, T, D]`; gpt: token ids `[B, T]` and next
+    tokens `[B, T]`, int32.
     """
     check_family(family)
     rng = np.random.default_rng(seed)
     batch = shape["batch"]
-    if family in ("conv", "vit"):
+    if family in IMAGE_FAMILIES:
         images = rng.standard_normal((batch, shape["image"], shape["image"], shape["channels"]), np.float32)
         return images, rng.integers(0, CLASSES, batch).astype(np.int32)
     if family in NUM_GATES:

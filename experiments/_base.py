@@ -39,5 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
         # Warm start: a fresh run takes its parameters from the newest checkpoint in this earlier run's work
         # directory (same model and optimizer settings; the data may differ, e.g. a curriculum). "": from the seed.
         init_from="",
+        # Batches loaded and placed on the devices ahead of the step by a background thread, at most this many
+        # ahead; 0 loads each in the loop (jaxarch.train.prefetch). The batches are the same either way.
+        prefetch=2,
     ))
     return config

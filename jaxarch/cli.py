@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time each family's training step beside Flax and PyTorch; write JSON, "
                            "Markdown and plots")
     bench.add_argument("--quick", action="store_true", help="small sizes and few repetitions (under two minutes)")
-    bench.add_argument("--families", default="conv,rnn,lstm,gru,attention,gpt,vit", help="comma-separated")
+    bench.add_argument("--families", default="conv,rnn,lstm,gru,attention,gpt,vit,resnet", help="comma-separated")
     bench.add_argument("--sizes", help="comma-separated, of small,reference,large (default: all; small with --quick)")
     bench.add_argument("--out", help="the JSON path (default benchmarks/results/bench_BACKEND.json); the Markdown "
                        "and PNGs go beside it")

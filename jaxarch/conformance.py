@@ -389,3 +389,12 @@ _register("model:encoder_decoder", _model_case(
     "EncoderDecoder", "encoder_decoder", _token_ids,
     {"embed_dim": 8, "num_layers": 1, "num_heads": 2, "source_length": 4, "max_length": 9},
     _TOKEN_ERRORS, num_outputs=11, vocab_size=11))
+
+# BatchNorm in evaluation mode (train=False): the running averages are inputs like the parameters. Shortcuts of
+# option A (parameter-free) and option B (projections); the ImageNet stem's layers have their own cases, and
+# tests/test_resnet.py checks ResNet-18/34 against torchvision's parameter counts.
+_register("model:resnet", _model_case("ResNet", "resnet", lambda rng, dtype: (_normal(rng, (2, 7, 5, 3), dtype),),
+                                      {"depth": 8, "width": 3}, _TRAINED_INPUT_ERRORS))
+_register("model:resnet[projection]", _model_case(
+    "ResNet", "resnet", lambda rng, dtype: (_normal(rng, (2, 5, 6, 3), dtype),),
+    {"depth": 8, "width": 2, "shortcut": "B"}, _TRAINED_INPUT_ERRORS))

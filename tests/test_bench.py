@@ -39,7 +39,7 @@ def test_quick_suite_writes_every_family(tmp_path):
     assert 0 < ceiling["gflops_per_second_min"] <= ceiling["gflops_per_second_max"] and result["peak_flops"] is None
     assert list(result["families"]) == list(FAMILIES)
     for family, entry in result["families"].items():
-        assert entry["item_unit"] == ("images" if family in ("conv", "vit") else "tokens")
+        assert entry["item_unit"] == ("images" if family in ("conv", "vit", "resnet") else "tokens")
         assert list(entry["sizes"]) == ["small"]
         measured = entry["sizes"]["small"]
         assert measured["shape"] == shape_of(family, "small")
@@ -119,6 +119,11 @@ def test_counted_flops_follow_the_stated_formulas():
     gpt = shape_of("gpt", "reference")
     assert forward_flops("gpt", gpt) == 4 * block + 2 * 16 * 256 * 256 * 256
     assert reference["vit"].items_per_step == 64 and reference["gpt"].items_per_step == 16 * 256
+    # ResNet-20 at batch 128: the stem, three stages of three blocks of two 3x3 convolutions, the head.
+    stages = sum(3 * 2 * 128 * side ** 2 * 9 * 2 * width ** 2 for side, width in ((32, 16), (16, 32), (8, 64)))
+    first_blocks = 2 * 128 * 16 ** 2 * 9 * (16 - 32) * 32 + 2 * 128 * 8 ** 2 * 9 * (32 - 64) * 64  # Fewer inputs.
+    resnet = 2 * 128 * 32 ** 2 * 9 * 3 * 16 + stages + first_blocks + 2 * 128 * 64 * 10
+    assert reference["resnet"].train_flops == 3 * resnet and reference["resnet"].items_per_step == 128
     with pytest.raises(ValueError, match="family is 'cnn', expected one of conv"):
         workload("cnn", "small")
     with pytest.raises(ValueError, match="size is 'huge'"):

@@ -20,7 +20,7 @@ from jaxarch.train.loop import build_dataset_and_model, init_state
 from jaxarch.train.records import plot_learning_curve
 from jaxarch.train.resume import EXEMPT_ON_RESUME
 
-TIMING = {"train/steps_per_second"}
+TIMING = {"train/steps_per_second", "train/data_wait_fraction"}
 TINY = ["mnist1d-logreg", "train.steps=40", "train.checkpoint_every=10", "train.log_every=10", "train.eval_every=20",
         "train.keep_checkpoints=3", "optim.schedule=cosine", "optim.warmup_steps=5"]
 

@@ -13,6 +13,7 @@ for _info in pkgutil.iter_modules(__path__):
 
 from jaxarch.models.cnn import CNN  # noqa: E402
 from jaxarch.models.mlp import MLP, LogisticRegression  # noqa: E402
+from jaxarch.models.resnet import ResNet  # noqa: E402
 
 
 def build_model(name: str, num_outputs: int, *, vocab_size: int | None = None, **options):
@@ -28,4 +29,4 @@ def build_model(name: str, num_outputs: int, *, vocab_size: int | None = None, *
     return call_with_options(f"model {name!r}", MODELS.get(name), options, **supplied)
 
 
-__all__ = ["CNN", "LogisticRegression", "MLP", "MODELS", "build_model"]
+__all__ = ["CNN", "LogisticRegression", "MLP", "MODELS", "ResNet", "build_model"]

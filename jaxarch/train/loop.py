@@ -24,6 +24,7 @@ from jaxarch.train.mesh import (DATA, check_batch_size, describe, load_batch, lo
                                 padded_batch_size, place_batch)
 from jaxarch.train.nonfinite import NonFiniteError, NonFiniteGuard, flag_names
 from jaxarch.train.optim import make_optimizer, make_schedule
+from jaxarch.train.prefetch import Prefetcher
 from jaxarch.train.preflight import (check_model_accepts_data, config_error, example_inputs, prepare_workdir,
                                      validate_config, with_experiment_name)
 from jaxarch.train.profile import StepProfiler, check_profile
@@ -226,6 +227,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
     bar = _progress(train.steps, step, progress)
     saved_step = resume_step
     profiler = StepProfiler(profile, workdir, train.steps, step)
+    # Batches are loaded and placed on the mesh by a background thread, `train.prefetch` steps ahead.
+    batches = Prefetcher(lambda at: load_batch(mesh, dataset, seed, at, train.batch_size), start=step,
+                         stop=train.steps, depth=train.prefetch)
     try:
         loop_start = time.perf_counter()
         while step < train.steps:
@@ -241,7 +245,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
                 raise Interrupted(stop.signum, step if step > 0 else None, str(workdir / CHECKPOINTS))
             try:
                 with profiler.annotation(step):
-                    state, metrics = train_step(state, load_batch(mesh, dataset, seed, step, train.batch_size))
+                    state, metrics = train_step(state, batches.get(step))
             except FloatingPointError as err:  # raised by jax_debug_nans, naming the operation
                 raise NonFiniteError(step + 1, "value inside the train step", str(err).splitlines()[0]) from err
             pending.append(metrics["loss"])
@@ -262,11 +266,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
                 pending_norms.clear()
                 now = time.perf_counter()
                 rate = (step - last_log[0]) / (now - last_log[1])
+                # The share of the interval the loop spent waiting for its batches (jaxarch.train.prefetch).
+                data_wait = batches.take_wait_seconds() / (now - last_log[1]) if now > last_log[1] else 0.0
                 last_log = (step, now)
                 extra = {"train/skipped_steps": int(state.skipped_steps)} if skipping else {}
                 record(step, **{"train/loss": loss, "train/grad_norm": grad_norm,
-                                "train/learning_rate": float(schedule(step)), "train/steps_per_second": rate},
-                       **extra)
+                                "train/learning_rate": float(schedule(step)), "train/steps_per_second": rate,
+                                "train/data_wait_fraction": data_wait}, **extra)
                 bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
             if saving:
                 # Evaluation and checkpoint writing are not training time.
@@ -296,6 +302,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
         raise
     finally:
         profiler.close()
+        batches.close()  # No producer thread outlives the loop, however it ends.
         bar.close()
         debug_nans.__exit__(None, None, None)
         checkpointer.close()  # Waits for a checkpoint still being written, even when stopping on an error.

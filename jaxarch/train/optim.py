@@ -11,6 +11,10 @@ OPTIMIZERS = {
     "adam": lambda lr, o: optax.adam(lr, b1=o.b1, b2=o.b2),
     # b1 doubles as the momentum coefficient; 0 gives plain SGD.
     "sgd": lambda lr, o: optax.sgd(lr, momentum=o.b1 or None, nesterov=bool(o.b1)),
+    # The ResNet papers' SGD (PyTorch's `SGD(momentum=b1, weight_decay=...)`): heavy-ball momentum b1 and an L2
+    # penalty, `weight_decay * params` added to the gradient before the momentum.
+    "sgd_l2": lambda lr, o: optax.chain(optax.add_decayed_weights(o.weight_decay),
+                                        optax.sgd(lr, momentum=o.b1 or None)),
 }
 
 

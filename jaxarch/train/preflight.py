@@ -57,6 +57,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "eval_every": _EVERY, "checkpoint_every": _EVERY, "keep_checkpoints": _POSITIVE,
         "nonfinite": _choice(POLICIES), "debug_nans": _BOOL, "fsdp": _BOOL,
         "grad_accum_steps": _POSITIVE,
+        "prefetch": _integer(0, "an integer >= 0 (0 loads each batch in the loop)"),
         "init_from": Option((str,), lambda v: True, "the work directory of an earlier run, or '' for none"),
     },
     "optim": {

@@ -149,7 +149,7 @@ def plot_learning_curve(records: list[dict], path: Path, title: str) -> None:
     from matplotlib.figure import Figure
 
     keys = sorted({k for r in records for k in r if k != "step" and "/" in k
-                   and not k.endswith(("steps_per_second", "learning_rate", "grad_norm"))})
+                   and not k.endswith(("steps_per_second", "data_wait_fraction", "learning_rate", "grad_norm"))})
     if not keys:
         return
     fig = Figure(figsize=(4 * len(keys), 3.2))

@@ -19,13 +19,13 @@ from jaxarch.train.records import CONFIG_HISTORY, append_line
 # is batched (it only reads the state), debugging switches that recompute the same values, warm-start sources
 # (read by a fresh run only), and sampling after training. The layout keys `mesh` and `train.fsdp` are exempt
 # too: resuming on another number of devices is what a rescheduled cluster job does, the global batch and
-# every value stay the same, and only the order of floating-point sums (the last bits) may change. Everything
-# else must match or be allowed.
+# every value stay the same, and only the order of floating-point sums (the last bits) may change. How far ahead
+# batches are prefetched changes when they are loaded, never which. Everything else must match or be allowed.
 EXEMPT_ON_RESUME = frozenset({
     "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_batch_size", "train.debug_nans", "train.init_from",
     "sample.prompt", "sample.num_tokens", "sample.temperature",
-    "mesh", "train.fsdp",
+    "mesh", "train.fsdp", "train.prefetch",
 })
 ABSENT = "<absent>"
 

@@ -341,8 +341,8 @@ def _curves(member: Member) -> dict[str, dict[int, float]]:
     for line in path.read_text().splitlines() if path.exists() else []:
         record = json.loads(line)
         for key, value in record.items():
-            if "/" in key and value is not None and not key.endswith(("steps_per_second", "learning_rate",
-                                                                     "skipped_steps")):
+            if "/" in key and value is not None and not key.endswith(("steps_per_second", "data_wait_fraction",
+                                                                     "learning_rate", "skipped_steps")):
                 curves.setdefault(key, {})[record["step"]] = value
     return curves
 
