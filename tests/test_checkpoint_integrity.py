@@ -41,7 +41,26 @@ def jax_leaves(tree, prefix=""):
 
 
 def on_disk(workdir):
-    return sorted(p.name for p in (workdir / CHECKPOINTS).iterdir())
+    """The checkpoint directory's entries, an unfinished save's as "STEP.orbax-checkpoint-tmp" (orbax releases
+    before 0.11.20 or so add a suffix, "-0", to that name)."""
+    return sorted(_unsuffixed(p.name) for p in (workdir / CHECKPOINTS).iterdir())
+
+
+def _unsuffixed(name):
+    head, mark, _ = name.partition(checkpoint.TEMPORARY_MARK)
+    return head + mark
+
+
+def unfinished_save(workdir, step):
+    """The temporary directory of step `step`'s unfinished save, once orbax has made it, else None."""
+    found = sorted((workdir / CHECKPOINTS).glob(f"{step}{checkpoint.TEMPORARY_MARK}*"))
+    return found[0] if found else None
+
+
+def state_manifest(unfinished):
+    """The manifest of the state item orbax writes last into an unfinished save, once it is there, else None."""
+    found = sorted(unfinished.glob(f"state{checkpoint.TEMPORARY_MARK}*/ocdbt.process_0/manifest.ocdbt"))
+    return found[0] if found else None
 
 
 def saved(workdir, *states, keep=5):
@@ -167,18 +186,21 @@ def test_a_crash_after_the_state_is_written_and_before_its_digests_leaves_the_pr
     workdir, marker = tmp_path / "run", tmp_path / "digesting"
     child = subprocess.Popen([sys.executable, "-c", CRASH_BEFORE_THE_DIGESTS, str(workdir), str(marker)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    unfinished = workdir / CHECKPOINTS / f"2{checkpoint.TEMPORARY_MARK}"
-    written = unfinished / f"state{checkpoint.TEMPORARY_MARK}" / "ocdbt.process_0" / "manifest.ocdbt"
+    def written():
+        unfinished = unfinished_save(workdir, 2)
+        return unfinished is not None and state_manifest(unfinished) is not None
+
     try:
         deadline = time.monotonic() + 240
-        while not (marker.exists() and written.exists()) and child.poll() is None and time.monotonic() < deadline:
+        while not (marker.exists() and written()) and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert marker.exists() and written.exists(), child.stderr.read() if child.poll() is not None else ""
+        assert marker.exists() and written(), child.stderr.read() if child.poll() is not None else ""
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     # The state of step 2 is on disk, its digests are not: it was never renamed into place.
-    assert on_disk(workdir) == ["1", unfinished.name]
+    unfinished = unfinished_save(workdir, 2)
+    assert on_disk(workdir) == ["1", f"2{checkpoint.TEMPORARY_MARK}"]
     template = {"kernel": jnp.zeros((5, 7)), "step": jnp.int32(0)}
     state, step = restored(workdir, template)
     assert step == 1 and int(state["step"]) == 1
