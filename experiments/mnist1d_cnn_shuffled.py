@@ -2,7 +2,9 @@
 
 Command: jaxarch run mnist1d-cnn-shuffled
 Wall time: under 60 s of training on a 2-core CPU.
-Expected: far below mnist1d-cnn (published CNN: 94% -> 56% when shuffled; the MLP is unchanged at 68%).
+Expected: far below mnist1d-cnn: test accuracy 66.2 +- 1.5% mean +- std over n=5 seeds (`jaxarch sweep
+mnist1d-cnn-shuffled`, docs/results.md), against 98.3 +- 0.5% unshuffled and the MLP's 68.5 +- 0.5% (published
+CNN: 94% -> 56% when shuffled; the MLP is unchanged at 68%).
 """
 
 from jaxarch.experiments import mnist1d_cnn
