@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxarch.data.arrays import StandardizedArrayDataset, hold_out, standardized
-from jaxarch.data.augment import crop_flip
+from jaxarch.data.augment import named
 from jaxarch.data.downloads import RemoteFile, fetch
 from jaxarch.data.registry import DATASETS
 from jaxarch.data.text import CharCorpus, text_corpus
@@ -72,16 +72,6 @@ REMOTE_FILES: dict[str, dict[str, RemoteFile]] = {
     },
 }
 
-_AUGMENTATIONS = {"none": None, "crop_flip": crop_flip}
-
-
-def _augmentation(augment: str, name: str):
-    if augment not in _AUGMENTATIONS:
-        raise ValueError(f"dataset {name!r}: augment is {augment!r}, expected one of {list(_AUGMENTATIONS)}")
-    factory = _AUGMENTATIONS[augment]
-    return factory() if factory is not None else None
-
-
 def read_idx(path: Path, name: str) -> np.ndarray:
     """The array of a gzipped IDX file (LeCun's MNIST format): two zero bytes, a type byte (0x08: uint8), the number
     of dimensions, each dimension as a big-endian uint32, then the values."""
@@ -104,7 +94,7 @@ def read_idx(path: Path, name: str) -> np.ndarray:
 
 def _idx_dataset(name: str, validation_size: int | float, augment: str, normalize: bool
                  ) -> StandardizedArrayDataset:
-    augmentation = _augmentation(augment, name)  # Options are checked before any download.
+    augmentation = named(augment, name)  # Options are checked before any download.
     files = {key: fetch(name, file) for key, file in REMOTE_FILES[name].items()}
     arrays = {key: read_idx(path, name) for key, path in files.items()}
     for split in ("train", "test"):
@@ -163,7 +153,7 @@ def read_cifar(path: Path, name: str, members: tuple[str, ...], label_key: bytes
 
 def _cifar(name: str, members: dict[str, tuple[str, ...]], label_key: bytes, num_classes: int,
            validation_size: int | float, augment: str, normalize: bool) -> StandardizedArrayDataset:
-    augmentation = _augmentation(augment, name)  # Options are checked before any download.
+    augmentation = named(augment, name)  # Options are checked before any download.
     path = fetch(name, REMOTE_FILES[name]["archive"])
     train = read_cifar(path, name, members["train"], label_key)
     test = read_cifar(path, name, members["test"], label_key)
