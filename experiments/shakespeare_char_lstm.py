@@ -1,0 +1,20 @@
+"""A character-level LSTM on Tiny Shakespeare, beside shakespeare-char-gpt at about its size and training time.
+
+Command: jaxarch run shakespeare-char-lstm
+Wall time: 3000 steps of 32 x 128 characters (one LSTM layer of 400, 776,290 params against the GPT's 818,176).
+On a shared, loaded 2-core CPU it ran 0.64 steps/s while charlm-lstm ran 2.07 (18.4 when quiet), so an estimated
+5.7 steps/s: about 8.8 minutes of training on a quiet one.
+Expected: not yet measured on the whole budget; reported beside shakespeare-char-gpt's validation loss.
+"""
+
+from jaxarch.experiments import charlm_lstm
+
+
+def get_config():
+    config = charlm_lstm.get_config()
+    config.data = {"name": "tinyshakespeare", "seq_len": 128}
+    config.model.hidden_sizes = (400,)
+    config.model.embed_dim = 64
+    config.train.steps = 3000
+    config.sample = {"prompt": "", "num_tokens": 300, "temperature": 0.8}
+    return config
