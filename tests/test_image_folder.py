@@ -64,6 +64,9 @@ def test_class_folders_with_a_test_fraction_resized_grayscale_jpeg(tmp_path):
     dataset = load_dataset("image_folder", path=str(root), image_size=4, grayscale=True, test_fraction=0.4)
     assert dataset.input_shape == (4, 4, 1) and dataset.num_train == 6
     np.testing.assert_array_equal(np.sort(dataset.splits["test"][1]), [0, 0, 1, 1])  # stratified
+    held = load_dataset("image_folder", path=str(root), image_size=4, grayscale=True, test_fraction=0.4,
+                        validation_size=2)
+    assert held.num_train == 4 and held.split_names() == ("validation", "test")
     batch = dataset.train_batch(seed=0, step=0, batch_size=6)
     assert batch["inputs"].dtype == np.float32
     np.testing.assert_allclose(batch["inputs"].mean(), 0.0, atol=1e-5)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxarch.data.arrays import StandardizedArrayDataset, standardized
+from jaxarch.data.arrays import StandardizedArrayDataset, hold_out, standardized
 from jaxarch.data.augment import named
 from jaxarch.data.base import cached_arrays
 from jaxarch.data.registry import DATASETS
@@ -83,8 +83,8 @@ def _layout(root: Path, test_fraction: float) -> tuple[list[str], dict[str, list
 
 @DATASETS.register("image_folder")
 def image_folder(path: str = "", image_size: int | tuple[int, int] = 32, grayscale: bool = False,
-                 test_fraction: float = 0.2, augment: str = "none", normalize: bool = True
-                 ) -> StandardizedArrayDataset:
+                 test_fraction: float = 0.2, validation_size: int | float = 0, augment: str = "none",
+                 normalize: bool = True) -> StandardizedArrayDataset:
     """Class-per-subfolder images as a classification dataset of uint8 [height, width, channels] images.
 
     Args:
@@ -92,6 +92,8 @@ def image_folder(path: str = "", image_size: int | tuple[int, int] = 32, graysca
       image_size: every image is resized to this (an int: square), ignoring its aspect ratio.
       grayscale: one channel ("L") instead of three (RGB).
       test_fraction: without train/ and test/ folders, the share of each class held out as the test split.
+      validation_size: without a validation/ folder, training examples (a count, or a fraction) held out as a
+        validation split, taken from a fixed shuffle of the training images (they are stored class by class).
       augment: "none" or "crop_flip" (random crop after zero padding of 4, horizontal flip).
       normalize: standardise each channel with the training split's mean and standard deviation.
     """
@@ -121,6 +123,13 @@ def image_folder(path: str = "", image_size: int | tuple[int, int] = 32, graysca
     arrays = cached_arrays("image_folder", key, decode_all)
     splits = {split: (arrays[f"{split}_images"], arrays[f"{split}_labels"]) for split in ("validation", "test")
               if f"{split}_images" in arrays}
-    return standardized(root.name or "image_folder", "classification", len(classes),
-                        (arrays["train_images"], arrays["train_labels"]), splits, normalize=normalize,
-                        augment=augmenter)
+    train = (arrays["train_images"], arrays["train_labels"])
+    if validation_size:
+        if "validation" in splits:
+            raise ValueError(f"dataset 'image_folder': validation_size is {validation_size!r} but {root} has a "
+                             "validation/ folder; expected only one of them")
+        order = np.random.default_rng(0).permutation(len(train[0]))
+        train, validation = hold_out((train[0][order], train[1][order]), validation_size, "image_folder")
+        splits = {"validation": validation, **splits}
+    return standardized(root.name or "image_folder", "classification", len(classes), train, splits,
+                        normalize=normalize, augment=augmenter)
