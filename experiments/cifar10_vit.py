@@ -13,7 +13,7 @@ from jaxarch.experiments import _attention
 
 
 def get_config():
-    config = _attention.vit({"name": "cifar10", "validation_size": 0, "augment": "crop_flip"})
+    config = _attention.vit({"name": "cifar10", "augment": "crop_flip"})
     config.model.patch_size = 4  # 64 tokens of 4 x 4 x 3 pixels
     config.model.embed_dim = 96
     config.model.num_layers = 4

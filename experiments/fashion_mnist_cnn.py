@@ -14,7 +14,7 @@ from jaxarch.experiments._base import base_config
 
 def get_config():
     config = base_config()
-    config.data = {"name": "fashion_mnist", "validation_size": 0, "augment": "none"}
+    config.data = {"name": "fashion_mnist", "augment": "none"}
     config.model.name = "cnn"
     config.model.kernel_size = (3, 3)
     config.model.features = (32, 64, 128)

@@ -77,6 +77,20 @@ def test_token_sequences_are_next_token_tasks_with_a_vocabulary(tmp_path):
     assert batch["inputs"].dtype == np.int32  # ids are never standardised
 
 
+def test_validation_size_from_a_config_override(tmp_path):
+    """A count arrives as a float through the config (the option's default is 0.0): 3.0 holds out 3 examples."""
+    from jaxarch import experiments
+    from jaxarch.train.configure import override_config
+
+    np.savez(tmp_path / "mine.npz", **_classification(np.random.default_rng(7)))
+    config = override_config(experiments.get_config("mnist1d-mlp"),
+                             ["data.name=arrays", f"data.path={tmp_path}/mine.npz", "data.validation_size=3"])
+    options = {k: v for k, v in config.data.items() if k != "name"}
+    assert options["validation_size"] == 3.0
+    assert load_dataset("arrays", **options).num_train == 10
+    assert load_dataset("arrays", **{**options, "validation_size": 0.25}).num_train == 10
+
+
 def test_set_task_and_num_outputs(tmp_path):
     arrays = _classification(np.random.default_rng(4))
     np.savez(tmp_path / "mine.npz", **arrays)
@@ -92,6 +106,7 @@ def test_set_task_and_num_outputs(tmp_path):
     (dict(task="ranking"), "unknown task 'ranking'"),
     (dict(num_outputs=2), "a target is 3, expected < num_outputs"),
     (dict(validation_size=13), "holds out 13 of the 13 training examples"),
+    (dict(validation_size=2.5), r"validation_size is 2.5, expected a fraction in \[0, 1\) or a whole count"),
     (dict(shuffle=True), "unknown option 'shuffle'"),
 ])
 def test_errors(tmp_path, change, message):

@@ -82,14 +82,14 @@ def _layout(root: Path, test_fraction: float) -> tuple[list[str], dict[str, list
 
 
 @DATASETS.register("image_folder")
-def image_folder(path: str = "", image_size: int | tuple[int, int] = 32, grayscale: bool = False,
-                 test_fraction: float = 0.2, validation_size: int | float = 0, augment: str = "none",
+def image_folder(path: str = "", image_size: tuple[int, int] = (32, 32), grayscale: bool = False,
+                 test_fraction: float = 0.2, validation_size: float = 0.0, augment: str = "none",
                  normalize: bool = True) -> StandardizedArrayDataset:
     """Class-per-subfolder images as a classification dataset of uint8 [height, width, channels] images.
 
     Args:
       path: the folder: `train/` and `test/` (optionally `validation/`) folders of class folders, or class folders.
-      image_size: every image is resized to this (an int: square), ignoring its aspect ratio.
+      image_size: (height, width) every image is resized to, ignoring its aspect ratio (an int: square).
       grayscale: one channel ("L") instead of three (RGB).
       test_fraction: without train/ and test/ folders, the share of each class held out as the test split.
       validation_size: without a validation/ folder, training examples (a count, or a fraction) held out as a

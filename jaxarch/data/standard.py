@@ -92,7 +92,7 @@ def read_idx(path: Path, name: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _idx_dataset(name: str, validation_size: int | float, augment: str, normalize: bool
+def _idx_dataset(name: str, validation_size: float, augment: str, normalize: bool
                  ) -> StandardizedArrayDataset:
     augmentation = named(augment, name)  # Options are checked before any download.
     files = {key: fetch(name, file) for key, file in REMOTE_FILES[name].items()}
@@ -111,7 +111,8 @@ def _idx_dataset(name: str, validation_size: int | float, augment: str, normaliz
 
 
 @DATASETS.register("mnist")
-def mnist(validation_size: int = 0, augment: str = "none", normalize: bool = True) -> StandardizedArrayDataset:
+def mnist(validation_size: float = 0.0, augment: str = "none", normalize: bool = True
+          ) -> StandardizedArrayDataset:
     """MNIST: 60,000 training and 10,000 test handwritten digits, [28, 28, 1], 10 classes.
 
     Args:
@@ -123,7 +124,7 @@ def mnist(validation_size: int = 0, augment: str = "none", normalize: bool = Tru
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(validation_size: int = 0, augment: str = "none", normalize: bool = True
+def fashion_mnist(validation_size: float = 0.0, augment: str = "none", normalize: bool = True
                   ) -> StandardizedArrayDataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test clothing images, [28, 28, 1], 10 classes.
     Options as for `mnist`."""
@@ -152,7 +153,7 @@ def read_cifar(path: Path, name: str, members: tuple[str, ...], label_key: bytes
 
 
 def _cifar(name: str, members: dict[str, tuple[str, ...]], label_key: bytes, num_classes: int,
-           validation_size: int | float, augment: str, normalize: bool) -> StandardizedArrayDataset:
+           validation_size: float, augment: str, normalize: bool) -> StandardizedArrayDataset:
     augmentation = named(augment, name)  # Options are checked before any download.
     path = fetch(name, REMOTE_FILES[name]["archive"])
     train = read_cifar(path, name, members["train"], label_key)
@@ -165,7 +166,8 @@ def _cifar(name: str, members: dict[str, tuple[str, ...]], label_key: bytes, num
 
 
 @DATASETS.register("cifar10")
-def cifar10(validation_size: int = 0, augment: str = "none", normalize: bool = True) -> StandardizedArrayDataset:
+def cifar10(validation_size: float = 0.0, augment: str = "none", normalize: bool = True
+            ) -> StandardizedArrayDataset:
     """CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test colour images, [32, 32, 3], 10 classes.
 
     Args:
@@ -179,7 +181,7 @@ def cifar10(validation_size: int = 0, augment: str = "none", normalize: bool = T
 
 
 @DATASETS.register("cifar100")
-def cifar100(validation_size: int = 0, augment: str = "none", normalize: bool = True, labels: str = "fine"
+def cifar100(validation_size: float = 0.0, augment: str = "none", normalize: bool = True, labels: str = "fine"
              ) -> StandardizedArrayDataset:
     """CIFAR-100: 50,000 training and 10,000 test colour images, [32, 32, 3], 100 fine classes (or 20 coarse).
 
