@@ -2,8 +2,8 @@
 
 Command: jaxarch run shakespeare-char-lstm
 Wall time: 3000 steps of 32 x 128 characters (one LSTM layer of 400, 776,290 params against the GPT's 818,176).
-On a shared, loaded 2-core CPU it ran 0.64 steps/s while charlm-lstm ran 2.07 (18.4 when quiet), so an estimated
-5.7 steps/s: about 8.8 minutes of training on a quiet one.
+On a shared, loaded 2-core CPU it ran at 0.31-0.33 times charlm-lstm's speed measured beside it (18.4 steps/s when
+quiet), so an estimated 5.7-6.2 steps/s: 8.1-8.8 minutes of training on a quiet one.
 Expected: not yet measured on the whole budget; reported beside shakespeare-char-gpt's validation loss.
 """
 
