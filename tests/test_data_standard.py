@@ -277,3 +277,13 @@ def test_tinyshakespeare_real_file_offline(monkeypatch, data_dir):
     assert len(corpus.train_ids) + len(corpus.validation_ids) == 1115394
     assert corpus.num_outputs == 66  # 65 characters and the unknown id
     assert corpus.decode(corpus.train_ids[:14]) == "First Citizen:"
+
+
+def test_the_command_line_exits_2_before_compiling_when_offline(tmp_path, data_dir, capsys):
+    from jaxarch.cli import main
+
+    code = main(["run", "--workdir", str(tmp_path / "run"), "--no-progress", "fashion-mnist-cnn"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and str(data_dir / "fashion_mnist") in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -81,17 +81,17 @@ def standardized(name: str, task: str, num_outputs: int, train: tuple[np.ndarray
                                     input_mean=mean, input_std=std, vocab_size=vocab_size)
 
 
-def hold_out(train: tuple[np.ndarray, np.ndarray], validation_size: int | float, name: str
+def hold_out(train: tuple[np.ndarray, np.ndarray], validation_size: float, name: str
              ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
-    """Splits the last `validation_size` training examples (a count, or a fraction in (0, 1)) off as validation."""
+    """Splits the last `validation_size` training examples off as validation: a fraction of them if it is below 1,
+    else a count (a whole number, so that `5000` and `5000.0` from a config mean the same)."""
     inputs, targets = train
-    if isinstance(validation_size, float) and 0 < validation_size < 1:
-        count = int(round(len(inputs) * validation_size))
-    elif isinstance(validation_size, int) and validation_size >= 0:
-        count = validation_size
-    else:
-        raise ValueError(f"dataset {name!r}: validation_size is {validation_size!r}, expected a count >= 0 or a "
-                         "fraction in (0, 1)")
+    valid = isinstance(validation_size, (int, float)) and not isinstance(validation_size, bool) and (
+        0 <= validation_size < 1 or float(validation_size).is_integer())
+    if not valid:
+        raise ValueError(f"dataset {name!r}: validation_size is {validation_size!r}, expected a fraction in [0, 1) "
+                         "or a whole count of examples")
+    count = int(round(len(inputs) * validation_size)) if validation_size < 1 else int(validation_size)
     if count == 0:
         return train, None
     if count >= len(inputs):
@@ -157,7 +157,7 @@ class _ArrayFile:
 @DATASETS.register("arrays")
 def arrays(path: str = "", x_train: str = "x_train", y_train: str = "y_train", x_test: str = "x_test",
            y_test: str = "y_test", x_validation: str = "x_validation", y_validation: str = "y_validation",
-           validation_size: int | float = 0, task: str = "", num_outputs: int = 0, normalize: bool = True
+           validation_size: float = 0.0, task: str = "", num_outputs: int = 0, normalize: bool = True
            ) -> StandardizedArrayDataset:
     """The arrays of an `.npz` file or a directory of `.npy` files as a dataset.
 

@@ -46,3 +46,14 @@ def crop_flip(pad: int = 4) -> Augmentation:
         return padded[np.arange(batch)[:, None, None], source_rows[:, :, None], source_columns[:, None, :]]
 
     return augment
+
+
+AUGMENTATIONS = {"none": None, "crop_flip": crop_flip}
+
+
+def named(augment: str, dataset: str) -> Augmentation | None:
+    """The augmentation a dataset option names, with its default settings ("none": None)."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"dataset {dataset!r}: augment is {augment!r}, expected one of {list(AUGMENTATIONS)}")
+    factory = AUGMENTATIONS[augment]
+    return factory() if factory is not None else None

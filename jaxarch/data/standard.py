@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxarch.data.arrays import StandardizedArrayDataset, hold_out, standardized
-from jaxarch.data.augment import crop_flip
+from jaxarch.data.augment import named
 from jaxarch.data.downloads import RemoteFile, fetch
 from jaxarch.data.registry import DATASETS
 from jaxarch.data.text import CharCorpus, text_corpus
@@ -72,16 +72,6 @@ REMOTE_FILES: dict[str, dict[str, RemoteFile]] = {
     },
 }
 
-_AUGMENTATIONS = {"none": None, "crop_flip": crop_flip}
-
-
-def _augmentation(augment: str, name: str):
-    if augment not in _AUGMENTATIONS:
-        raise ValueError(f"dataset {name!r}: augment is {augment!r}, expected one of {list(_AUGMENTATIONS)}")
-    factory = _AUGMENTATIONS[augment]
-    return factory() if factory is not None else None
-
-
 def read_idx(path: Path, name: str) -> np.ndarray:
     """The array of a gzipped IDX file (LeCun's MNIST format): two zero bytes, a type byte (0x08: uint8), the number
     of dimensions, each dimension as a big-endian uint32, then the values."""
@@ -102,9 +92,9 @@ def read_idx(path: Path, name: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _idx_dataset(name: str, validation_size: int | float, augment: str, normalize: bool
+def _idx_dataset(name: str, validation_size: float, augment: str, normalize: bool
                  ) -> StandardizedArrayDataset:
-    augmentation = _augmentation(augment, name)  # Options are checked before any download.
+    augmentation = named(augment, name)  # Options are checked before any download.
     files = {key: fetch(name, file) for key, file in REMOTE_FILES[name].items()}
     arrays = {key: read_idx(path, name) for key, path in files.items()}
     for split in ("train", "test"):
@@ -121,7 +111,8 @@ def _idx_dataset(name: str, validation_size: int | float, augment: str, normaliz
 
 
 @DATASETS.register("mnist")
-def mnist(validation_size: int = 0, augment: str = "none", normalize: bool = True) -> StandardizedArrayDataset:
+def mnist(validation_size: float = 0.0, augment: str = "none", normalize: bool = True
+          ) -> StandardizedArrayDataset:
     """MNIST: 60,000 training and 10,000 test handwritten digits, [28, 28, 1], 10 classes.
 
     Args:
@@ -133,7 +124,7 @@ def mnist(validation_size: int = 0, augment: str = "none", normalize: bool = Tru
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(validation_size: int = 0, augment: str = "none", normalize: bool = True
+def fashion_mnist(validation_size: float = 0.0, augment: str = "none", normalize: bool = True
                   ) -> StandardizedArrayDataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test clothing images, [28, 28, 1], 10 classes.
     Options as for `mnist`."""
@@ -162,8 +153,8 @@ def read_cifar(path: Path, name: str, members: tuple[str, ...], label_key: bytes
 
 
 def _cifar(name: str, members: dict[str, tuple[str, ...]], label_key: bytes, num_classes: int,
-           validation_size: int | float, augment: str, normalize: bool) -> StandardizedArrayDataset:
-    augmentation = _augmentation(augment, name)  # Options are checked before any download.
+           validation_size: float, augment: str, normalize: bool) -> StandardizedArrayDataset:
+    augmentation = named(augment, name)  # Options are checked before any download.
     path = fetch(name, REMOTE_FILES[name]["archive"])
     train = read_cifar(path, name, members["train"], label_key)
     test = read_cifar(path, name, members["test"], label_key)
@@ -175,7 +166,8 @@ def _cifar(name: str, members: dict[str, tuple[str, ...]], label_key: bytes, num
 
 
 @DATASETS.register("cifar10")
-def cifar10(validation_size: int = 0, augment: str = "none", normalize: bool = True) -> StandardizedArrayDataset:
+def cifar10(validation_size: float = 0.0, augment: str = "none", normalize: bool = True
+            ) -> StandardizedArrayDataset:
     """CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test colour images, [32, 32, 3], 10 classes.
 
     Args:
@@ -189,7 +181,7 @@ def cifar10(validation_size: int = 0, augment: str = "none", normalize: bool = T
 
 
 @DATASETS.register("cifar100")
-def cifar100(validation_size: int = 0, augment: str = "none", normalize: bool = True, labels: str = "fine"
+def cifar100(validation_size: float = 0.0, augment: str = "none", normalize: bool = True, labels: str = "fine"
              ) -> StandardizedArrayDataset:
     """CIFAR-100: 50,000 training and 10,000 test colour images, [32, 32, 3], 100 fine classes (or 20 coarse).
 
