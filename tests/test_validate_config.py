@@ -22,8 +22,8 @@ def test_every_experiment_config_is_valid(name):
 @pytest.mark.parametrize("section,key,value,message", [
     ("model", "featurs", (8,), r"config: unknown key 'model.featurs' \(did you mean model.features\b.*\) for model "
                                r"'cnn'; valid keys are: .*model.features"),
-    ("data", "name", "mnist", r"config: data.name is 'mnist': dataset registry: unknown dataset 'mnist' \(did you "
-                              r"mean 'mnist1d'"),
+    ("data", "name", "mnist2d", r"config: data.name is 'mnist2d': dataset registry: unknown dataset 'mnist2d' "
+                                r"\(did you mean 'mnist1d'"),
     ("model", "name", "lstm", r"config: model.name is 'lstm': model registry: unknown model 'lstm'"),
     ("data", "seq_lenn", 3, r"config: unknown key 'data.seq_lenn'.* for data 'mnist1d'; valid keys are: "),
     ("model", "num_outputs", 3, r"config: model.num_outputs is 3, expected it left out: the dataset sets"),

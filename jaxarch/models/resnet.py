@@ -72,6 +72,9 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [batch, height, width, in_features] -> [batch, height / strides, width / strides, features]: two
+        3x3 convolutions with BatchNorm, added to the shortcut (identity, or option A's zero-padded subsampling or
+        option B's 1x1 projection when the shape changes), then ReLU."""
         conv = dict(use_bias=False, dtype=self.dtype, kernel_init=_KERNEL_INIT, lowering=self.lowering)
         norm = dict(use_running_average=self.use_running_average, momentum=self.bn_momentum, epsilon=1e-5,
                     dtype=self.dtype)
@@ -131,6 +134,14 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool | None = None) -> jax.Array:
+        """x: [batch, height, width, channels] float -> logits [batch, num_outputs].
+
+        Args:
+          x: images, channels last.
+          train: True normalises with the batch's statistics and updates `batch_stats` (apply with
+            `mutable=["batch_stats"]`); False uses the running averages. Give it here or as the
+            `use_running_average` field, not both.
+        """
         use_running_average = self._check(x, train)
         imagenet = self.stem == "imagenet"
         shortcut = self.shortcut or ("B" if imagenet else "A")
