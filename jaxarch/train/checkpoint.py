@@ -311,44 +311,40 @@ class Checkpointer:
         failure to read one raises `CheckpointReadError` and leaves it in place. The notes saved with the
         restored checkpoint are in `restored_notes`."""
         for step in reversed(self.all_steps()):
-            problem = self._incompatible_or_unreadable(step, template)
+            state, problem = self._restore_verified(step, template)
             if problem is None:
-                abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-                try:
-                    restored = self.manager.restore(step, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), integrity=ocp.args.JsonRestore()))
-                except Exception as err:  # noqa: BLE001 - sorted into damage and everything else
-                    if not _is_damage(err):
-                        raise self._read_error(step, err) from err
-                    problem = f"it cannot be decoded ({_cause_line(err)})"
-                else:
-                    problem = self._mismatch(restored.state, restored.integrity)
-                    if problem is None:
-                        self.restored_notes = dict(restored.integrity.get("notes") or {})
-                        return restored.state, step
+                return state, step
             self._quarantine(step, problem)
         return None
+
+    def _restore_verified(self, step: int, template: TrainState):
+        """(the checkpoint at `step` checked against its digests, None) or (None, why it is damaged); a failure
+        to read it for any other reason raises `CheckpointReadError`. Moves nothing."""
+        problem = self._incompatible_or_unreadable(step, template)
+        if problem is not None:
+            return None, problem
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), integrity=ocp.args.JsonRestore()))
+        except Exception as err:  # noqa: BLE001 - sorted into damage and everything else
+            if not _is_damage(err):
+                raise self._read_error(step, err) from err
+            return None, f"it cannot be decoded ({_cause_line(err)})"
+        problem = self._mismatch(restored.state, restored.integrity)
+        if problem is not None:
+            return None, problem
+        self.restored_notes = dict(restored.integrity.get("notes") or {})
+        return restored.state, None
 
     def restore_step(self, template: TrainState, step: int) -> TrainState:
         """The checkpoint at `step` (one of `all_steps()`), restored into the structure of `template` and checked
         against its digests. Nothing is moved or written: a damaged checkpoint raises `ValueError` and any other
         failure to read it `CheckpointReadError`; a checkpoint of another train state raises
         `CheckpointMismatchError`. The notes saved with it are in `restored_notes`."""
-        problem = self._incompatible_or_unreadable(step, template)
+        state, problem = self._restore_verified(step, template)
         if problem is None:
-            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), integrity=ocp.args.JsonRestore()))
-            except Exception as err:  # noqa: BLE001 - sorted into damage and everything else
-                if not _is_damage(err):
-                    raise self._read_error(step, err) from err
-                problem = f"it cannot be decoded ({_cause_line(err)})"
-            else:
-                problem = self._mismatch(restored.state, restored.integrity)
-                if problem is None:
-                    self.restored_notes = dict(restored.integrity.get("notes") or {})
-                    return restored.state
+            return state
         raise ValueError(f"checkpoint: the checkpoint at step {step} in {self.workdir / CHECKPOINTS} is damaged: "
                          f"{problem}, expected an intact checkpoint; choose another step")
 
