@@ -24,22 +24,25 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _allocator(took) -> str:
-    return {None: "", False: "glibc's default allocator", True: "jaxarch's allocator settings"}[took]
+def _allocator(took, huge_pages=None) -> str:
+    return ({None: "", False: "glibc's default allocator", True: "jaxarch's allocator settings"}[took]
+            + (" with huge pages for the heap" if huge_pages else ""))
 
 
 def header(result: dict) -> str:
     torch = "not installed"
     if result["torch"] is not None:
-        allocators = _allocator(result.get("torch_host_allocator"))
+        allocators = _allocator(result.get("torch_host_allocator"), result.get("torch_huge_pages"))
         if result.get("torch_eager_mallopt_host_allocator") is not None:
-            allocators += f"; torch_eager_mallopt: {_allocator(result['torch_eager_mallopt_host_allocator'])}"
+            allocators += ("; torch_eager_mallopt: " + _allocator(result["torch_eager_mallopt_host_allocator"],
+                                                                  result.get("torch_eager_mallopt_huge_pages")))
         torch = (f"{result['torch']} ({result['torch_threads']} threads, {result['torch_device']}, "
                  f"OMP_WAIT_POLICY={result['torch_omp_wait_policy']}{', ' if allocators else ''}{allocators})")
     ceiling = result["matmul_ceiling"]
     return (f"Measured {result['date'][:10]} on {result['cpu']} ({result['cores']} cores), backend "
             f"{result['backend']} ({result['device']}), {result['dtype']}{' (--quick)' if result['quick'] else ''}; "
-            f"jax {result['jax']}, flax {result['flax']}, torch {torch}; XLA_FLAGS `{result['xla_flags']}`. "
+            f"jax {result['jax']}, flax {result['flax']}, torch {torch}; XLA_FLAGS `{result['xla_flags']}`"
+            f"{'; huge pages for the heap' if result.get('huge_pages') else ''}. "
             f"Matmul ceiling {ceiling['gflops_per_second_min']:.0f}-{ceiling['gflops_per_second_max']:.0f} GFLOP/s "
             f"({ceiling['dtype']} [{ceiling['size']}, {ceiling['size']}] matmul, timed beside each workload; its "
             "fractions are of that one).")

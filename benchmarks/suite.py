@@ -57,6 +57,7 @@ from jaxarch.benchmarks.timing import (SPREAD_WARNING, environment, matmul_step,
                                        torch_available, write_json)
 from jaxarch.benchmarks.torch_worker import TorchWorker, TorchWorkerError
 from jaxarch.benchmarks.workloads import FAMILIES, SIZES, Workload, check_family, make_data, workload
+from jaxarch.host_allocator import huge_pages_in_use
 from jaxarch.report.device import cpu_model
 
 # Experiments timed against device count (with overrides): a CNN and a Transformer language model, global batch
@@ -265,6 +266,7 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
         "dtype": jnp.dtype(dtype).name,
         "param_dtype": "float32",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # with those of `jaxarch.tune_cpu`, which `jaxarch bench` makes
+        "huge_pages": huge_pages_in_use(os.environ),  # the heap's, which the `jaxarch` command starts with
         "torch": None,
     }
     worker = TorchWorker(torch_device) if torch_device else None
@@ -275,9 +277,12 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
         if worker is not None:
             info = worker.info()
             result.update(torch=info["torch"], torch_threads=info["threads"], torch_device=info["device"],
-                          torch_omp_wait_policy=info["omp_wait_policy"], torch_host_allocator=info["host_allocator"])
+                          torch_omp_wait_policy=info["omp_wait_policy"], torch_host_allocator=info["host_allocator"],
+                          torch_huge_pages=info["huge_pages"])
         if mallopt_worker is not None:
-            result["torch_eager_mallopt_host_allocator"] = mallopt_worker.info()["host_allocator"]
+            info = mallopt_worker.info()
+            result.update(torch_eager_mallopt_host_allocator=info["host_allocator"],
+                          torch_eager_mallopt_huge_pages=info["huge_pages"])
         measured = {}
         for family in families:
             measured[family] = {}

@@ -40,6 +40,8 @@ import sys
 import tempfile
 import traceback
 
+from jaxarch.host_allocator import without_huge_pages
+
 
 class TorchWorkerError(RuntimeError):
     """A request the worker could not carry out (e.g. `torch.compile` failing on this machine)."""
@@ -53,9 +55,12 @@ class TorchWorker:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"benchmarks.torch_worker: device is {device!r}, expected 'cpu' or 'cuda'")
         self._stderr = tempfile.TemporaryFile(mode="w+")
+        # glibc's heap huge pages come with the rest of jaxarch's settings (from the `jaxarch` command's
+        # environment); without them the worker runs on glibc's defaults, as PyTorch's users have them.
         self._process = subprocess.Popen(
             [sys.executable, "-m", "jaxarch.benchmarks.torch_worker", "--device", device]
             + (["--host-allocator"] if host_allocator else []),
+            env=None if host_allocator else without_huge_pages(os.environ),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
 
     def __enter__(self) -> TorchWorker:
@@ -84,7 +89,8 @@ class TorchWorker:
 
     def info(self) -> dict:
         """`{"torch": version, "threads": intra-op threads, "device": ..., "omp_wait_policy": ...,
-        "host_allocator": whether it made jaxarch's glibc settings and glibc took them}`."""
+        "host_allocator": whether it made jaxarch's glibc settings and glibc took them, "huge_pages": whether its heap
+        asks for huge pages (`jaxarch.host_allocator.huge_pages_in_use`)}`."""
         return self.request(command="info")
 
     def build(self, name: str, family: str, shape: dict, compiled: bool) -> float:
@@ -106,7 +112,7 @@ class TorchWorker:
 def serve(device: str, host_allocator: bool = False) -> None:
     """The worker's loop: answers requests until stdin closes. With `host_allocator`, it first makes jaxarch's
     glibc settings (the arena setting reaches only threads that have not allocated yet: before torch starts any)."""
-    from jaxarch.host_allocator import configure_host_allocator
+    from jaxarch.host_allocator import configure_host_allocator, huge_pages_in_use
 
     host_allocator_configured = configure_host_allocator() if host_allocator else False
     import torch
@@ -123,7 +129,8 @@ def serve(device: str, host_allocator: bool = False) -> None:
             if command == "info":
                 reply = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                         "host_allocator": host_allocator_configured}
+                         "host_allocator": host_allocator_configured,
+                         "huge_pages": huge_pages_in_use(os.environ)}
             elif command == "build":
                 runs[message["name"]] = timed_calls(train_step(message["family"], message["shape"], device,
                                                                message["compiled"]))

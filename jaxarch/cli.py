@@ -282,9 +282,31 @@ EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
 
 
+def start_again_with_huge_pages(environ: dict[str, str] | None = None, execve=os.execve) -> None:
+    """Replaces this process by the same command line started with glibc's heap huge-page tunable
+    (jaxarch/host_allocator.py), which glibc reads only at start-up; returns where that would change nothing.
+
+    Part of the host allocator settings, so `JAXARCH_HOST_ALLOCATOR=0` leaves the process as it is. The command
+    restarts before it has read its arguments or started anything, so it runs once, under its own process id.
+    """
+    from jaxarch import host_allocator
+
+    environ = os.environ if environ is None else environ
+    if environ.get("JAXARCH_HOST_ALLOCATOR", "1") != "1" or not sys.executable or not sys.orig_argv:
+        return
+    changed = host_allocator.with_huge_pages(environ, host_allocator.glibc_version(host_allocator.glibc()),
+                                             host_allocator.transparent_huge_pages())
+    if changed is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        execve(sys.executable, sys.orig_argv, changed)
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxarch.tuning import tune_cpu
 
+    if argv is None:  # the command line itself, not a call from Python with its own arguments
+        start_again_with_huge_pages()
     os.environ.setdefault("MPLBACKEND", "Agg")
     args = build_parser().parse_args(argv)
     try:

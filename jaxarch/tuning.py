@@ -7,6 +7,10 @@ Importing jaxarch changes nothing outside it. `tune_cpu()` makes two kinds of se
 - glibc's allocator settings (jaxarch/host_allocator.py): a training step's large temporaries stay in the heap
   instead of being mapped afresh every step.
 
+A third setting, huge pages for the heap, glibc reads only when a process starts: the `jaxarch` command starts
+itself again with it (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), and a script gets it by being started under that
+environment. `tune_cpu` reports whether the process has it.
+
 Neither changes what is computed beyond float rounding. What they buy, measured, is in docs/performance/cpu.md.
 The `jaxarch` command calls `tune_cpu()` before anything starts JAX's backends, so its figures are measured with
 them; `JAXARCH_XLA_FLAGS=0` or `JAXARCH_HOST_ALLOCATOR=0` in the environment turns one part off. A script calls it
@@ -26,7 +30,7 @@ import os
 import sys
 import warnings
 
-from jaxarch.host_allocator import configure_host_allocator
+from jaxarch.host_allocator import configure_host_allocator, huge_pages_in_use
 from jaxarch.xla_flags import add_xla_flags, installed_cpu_flags
 
 __all__ = ["CpuTuning", "tune_cpu", "jax_backends_started"]
@@ -39,6 +43,9 @@ class CpuTuning:
     xla_flags: tuple[str, ...]  # the flags it appended to XLA_FLAGS (a flag the user had set is left as set)
     host_allocator: bool  # whether glibc took the allocator settings
     too_late: bool  # JAX's backends had started: nothing was changed
+    # Whether the heap asks for huge pages, from glibc's tunable at start-up (`host_allocator.huge_pages_in_use`);
+    # reported with the allocator settings, never made here.
+    huge_pages: bool = False
 
 
 def jax_backends_started() -> bool:
@@ -80,4 +87,5 @@ def tune_cpu(*, xla_flags: bool | None = None, host_allocator: bool | None = Non
                       "flags); call it before the first JAX computation", RuntimeWarning, stacklevel=2)
         return CpuTuning(xla_flags=(), host_allocator=False, too_late=True)
     added = tuple(add_xla_flags(installed_cpu_flags(), os.environ)) if xla_flags else ()
-    return CpuTuning(xla_flags=added, host_allocator=host_allocator and configure_host_allocator(), too_late=False)
+    return CpuTuning(xla_flags=added, host_allocator=host_allocator and configure_host_allocator(), too_late=False,
+                     huge_pages=host_allocator and huge_pages_in_use(os.environ))

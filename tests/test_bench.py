@@ -18,9 +18,11 @@ from jaxarch.benchmarks.report import markdown
 from jaxarch.benchmarks.timing import Timing, time_runs_interleaved
 from jaxarch.benchmarks.workloads import FAMILIES, forward_flops, shape_of, workload
 from jaxarch.cli import main
+from jaxarch.host_allocator import HUGE_PAGES_TUNABLE, huge_pages_in_use
 from jaxarch.layers import attention as attention_lib
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HUGE_PAGES = huge_pages_in_use({"GLIBC_TUNABLES": HUGE_PAGES_TUNABLE})  # whether glibc and the kernel have them
 RESULT_KEYS = {"steps_per_second", "median_seconds", "compile_seconds", "repetitions", "round_steps_per_second",
                "spread", "items_per_second", "gflops_per_second", "fraction_of_matmul_ceiling",
                "model_flops_utilization"}
@@ -35,6 +37,8 @@ def test_quick_suite_writes_every_family(tmp_path):
 
     assert result["benchmark"] == "jaxarch_suite" and result["quick"] is True
     assert result["backend"] == "cpu" and result["dtype"] == "float32" and result["torch"] is None
+    # The suite switches jaxarch's allocator settings off (conftest.py), huge pages for the heap with them.
+    assert result["huge_pages"] is False
     ceiling = result["matmul_ceiling"]
     assert 0 < ceiling["gflops_per_second_min"] <= ceiling["gflops_per_second_max"] and result["peak_flops"] is None
     assert list(result["families"]) == list(FAMILIES)
@@ -93,7 +97,9 @@ def test_torch_peer_is_timed_beside_the_jax_steps():
 
 def test_torch_peer_makes_the_allocator_settings_only_when_asked(tmp_path, monkeypatch):
     # Whatever the parent's environment says: the worker's allocator is an argument, not a side effect of imports.
+    # Huge pages for the heap, which the `jaxarch` command starts with, go with jaxarch's settings only.
     monkeypatch.setenv("JAXARCH_HOST_ALLOCATOR", "1")
+    monkeypatch.setenv("GLIBC_TUNABLES", HUGE_PAGES_TUNABLE)
     if not HAS_TORCH:  # a stand-in with what the worker imports and its info request reads
         (tmp_path / "torch" / "nn").mkdir(parents=True)
         (tmp_path / "torch" / "__init__.py").write_text(
@@ -104,8 +110,9 @@ def test_torch_peer_makes_the_allocator_settings_only_when_asked(tmp_path, monke
     from jaxarch.host_allocator import glibc
 
     with TorchWorker("cpu") as worker, TorchWorker("cpu", host_allocator=True) as mallopt_worker:
-        assert worker.info()["host_allocator"] is False
+        assert worker.info()["host_allocator"] is False and worker.info()["huge_pages"] is False
         assert mallopt_worker.info()["host_allocator"] is (glibc() is not None)
+        assert mallopt_worker.info()["huge_pages"] is HUGE_PAGES
 
 
 def test_counted_flops_follow_the_stated_formulas():

@@ -18,11 +18,11 @@ import pytest
 
 import jaxarch
 from jaxarch import tuning
-from jaxarch.host_allocator import glibc
+from jaxarch.host_allocator import HUGE_PAGES_TUNABLE, glibc
 from jaxarch.xla_flags import (CHECKED, CONVOLUTION_FLAG, EXPERIMENTAL, SCHEDULER_FLAG, add_xla_flags, cpu_flags,
                                flag_name, installed_cpu_flags, release)
 
-SWITCHES = ("XLA_FLAGS", "JAXARCH_XLA_FLAGS", "JAXARCH_HOST_ALLOCATOR")
+SWITCHES = ("XLA_FLAGS", "JAXARCH_XLA_FLAGS", "JAXARCH_HOST_ALLOCATOR", "GLIBC_TUNABLES")
 GLIBC = glibc() is not None
 
 # Imports jaxarch the way the settings say (`how`: "import" alone, "cli": the `jaxarch` command's `main`,
@@ -131,6 +131,13 @@ def test_the_command_line_tunes_its_process():
     assert switched_off["digest"] == untuned["digest"]
     assert tuned["loss"] == pytest.approx(untuned["loss"], rel=1e-5)
     assert tuned["squares"] == pytest.approx(untuned["squares"], rel=1e-5)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's tunable")
+def test_huge_pages_for_the_heap_leave_training_bitwise_identical():
+    # What the `jaxarch` command starts with (jaxarch/host_allocator.py): where the memory lies, not what is computed.
+    huge = _train("tune_cpu", GLIBC_TUNABLES=HUGE_PAGES_TUNABLE)
+    assert huge["digest"] == _train("tune_cpu")["digest"]
 
 
 def test_the_scheduler_flag_leaves_training_bitwise_identical():
