@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -62,11 +63,13 @@ def configure_host_allocator() -> bool:
 
 
 def glibc_version(libc: ctypes.CDLL | None) -> tuple[int, ...] | None:
-    """glibc's version as integers, e.g. (2, 36); None for another C library."""
+    """glibc's version as integers, e.g. (2, 36); None for another C library or a version it cannot read."""
     if libc is None:
         return None
     libc.gnu_get_libc_version.restype = ctypes.c_char_p
-    return tuple(int(part) for part in libc.gnu_get_libc_version().decode().split(".")[:2])
+    # A distribution's build may append to the numbers ("2.35.9000", "2.36-devel"): only the leading two count.
+    match = re.match(r"(\d+)\.(\d+)", libc.gnu_get_libc_version().decode(errors="replace"))
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def transparent_huge_pages() -> bool:

@@ -4,6 +4,7 @@ only where it changes something; the PyTorch peer that runs on glibc's defaults 
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -30,6 +31,13 @@ def test_with_huge_pages_adds_the_tunable_and_keeps_the_rest():
 ])
 def test_with_huge_pages_changes_nothing_where_it_would_not_help(environ, version, thp):
     assert with_huge_pages(environ, version, thp) is None
+
+
+@pytest.mark.parametrize("text, version", [(b"2.36", (2, 36)), (b"2.35.9000", (2, 35)), (b"2.36-devel", (2, 36)),
+                                           (b"unknown", None)])
+def test_glibc_version_reads_the_leading_numbers(text, version):
+    libc = types.SimpleNamespace(gnu_get_libc_version=lambda: text)  # a function takes `restype` as ctypes' does
+    assert host_allocator.glibc_version(libc) == version
 
 
 def test_without_huge_pages_removes_only_the_tunable():
