@@ -84,9 +84,13 @@ def _tunables(environ: Mapping[str, str]) -> list[str]:
     return [item for item in environ.get("GLIBC_TUNABLES", "").split(":") if item]
 
 
+def _is_huge_pages_tunable(item: str) -> bool:
+    return item.partition("=")[0] == HUGE_PAGES_TUNABLE.partition("=")[0]
+
+
 def huge_pages_tunable_set(environ: Mapping[str, str]) -> bool:
     """Whether `environ`'s `GLIBC_TUNABLES` names glibc's heap huge-page tunable (whatever its value)."""
-    return any(item.split("=")[0] == "glibc.malloc.hugetlb" for item in _tunables(environ))
+    return any(_is_huge_pages_tunable(item) for item in _tunables(environ))
 
 
 def with_huge_pages(environ: Mapping[str, str], version: tuple[int, ...] | None,
@@ -104,7 +108,7 @@ def with_huge_pages(environ: Mapping[str, str], version: tuple[int, ...] | None,
 
 def without_huge_pages(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` without glibc's heap huge-page tunable: a child process that is to run on glibc's defaults."""
-    tunables = [item for item in _tunables(environ) if item.split("=")[0] != "glibc.malloc.hugetlb"]
+    tunables = [item for item in _tunables(environ) if not _is_huge_pages_tunable(item)]
     environ = {key: value for key, value in environ.items() if key != "GLIBC_TUNABLES"}
     return {**environ, "GLIBC_TUNABLES": ":".join(tunables)} if tunables else environ
 
@@ -116,5 +120,5 @@ def huge_pages_in_use(environ: Mapping[str, str]) -> bool:
     version = glibc_version(glibc())
     if version is None or version < HUGE_PAGES_MIN_GLIBC:
         return False
-    values = {item.partition("=")[2] for item in _tunables(environ) if item.split("=")[0] == "glibc.malloc.hugetlb"}
+    values = {item.partition("=")[2] for item in _tunables(environ) if _is_huge_pages_tunable(item)}
     return "2" in values or ("1" in values and transparent_huge_pages())

@@ -10,7 +10,6 @@ the next run reads the cache; adding, removing or changing a file decodes the fo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +107,8 @@ def image_folder(path: str = "", image_size: tuple[int, int] = (32, 32), graysca
                          "folders (or of train/ and test/ folders of class folders)")
     classes, pairs = _layout(root, test_fraction)
     mode = "L" if grayscale else "RGB"
-    files = [(str(p.relative_to(root)), os.stat(p).st_size, os.stat(p).st_mtime_ns)
-             for split_pairs in pairs.values() for p, _ in split_pairs]
+    stats = [(p, p.stat()) for split_pairs in pairs.values() for p, _ in split_pairs]
+    files = [(str(p.relative_to(root)), stat.st_size, stat.st_mtime_ns) for p, stat in stats]
     key = {"root": str(root.resolve()), "files": files, "size": size, "mode": mode, "test_fraction": test_fraction,
            "classes": classes}
 
