@@ -111,6 +111,28 @@ def test_vmap_members_equal_their_single_runs_within_rounding(stacked, single_ru
         assert rerun["resumed_from"] == 24 and rerun["test_loss"] == row["test_loss"]
 
 
+@pytest.mark.parametrize("strategy", ["sequential", "vmap"])
+def test_a_second_stage_starts_each_seed_from_the_same_seed_of_the_first(tmp_path, sequential, strategy):
+    """`train.init_from=DIR/seed={seed}`: a curriculum's second stage swept over seeds, each warm-started from
+    its own seed's first stage, as `jaxarch run NAME seed=S train.init_from=DIR/seed=S` would be."""
+    first, _ = sequential
+    second = override_config(tiny_config(), ["train.steps=6", "train.eval_every=0",
+                                             f"train.init_from={first}/seed={{seed}}"])
+    summary = sweep(second, {}, [0, 1], tmp_path / "sweep", strategy=strategy, progress=False)
+    for row in summary["points"][0]["seeds"]:
+        seed = row["seed"]
+        own = train_and_evaluate(override_config(second, [f"seed={seed}", f"train.init_from={first}/seed={seed}"]),
+                                 tmp_path / f"own{seed}", progress=False)
+        other = train_and_evaluate(override_config(second, [f"seed={seed}",
+                                                            f"train.init_from={first}/seed={1 - seed}"]),
+                                   tmp_path / f"other{seed}", progress=False)
+        assert row["test_loss"] == pytest.approx(own["test_loss"], abs=TOLERANCE if strategy == "vmap" else 0)
+        assert abs(own["test_loss"] - other["test_loss"]) > 10 * TOLERANCE
+    with pytest.raises(ValueError, match=r"sweep: seed 5 starts from train.init_from=.*seed=5.*no checkpoints/"):
+        sweep(second, {}, [0, 5], tmp_path / "missing", strategy=strategy, progress=False)
+    assert not (tmp_path / "missing" / "seed=0" / "result.json").exists()
+
+
 class Killed(Exception):
     pass
 

@@ -496,6 +496,17 @@ class Checkpointer:
                     self.remove_temporary()
 
 
+SEED_PLACEHOLDER = "{seed}"
+
+
+def init_from_dir(init_from: str, seed: int) -> Path:
+    """`train.init_from` for the run of `seed`: each `{seed}` in it replaced by the seed, so that one sweep of a
+    curriculum's second stage starts every seed from the same seed's first stage
+    (`train.init_from=runs/stage1/seed={seed}`). A plain replacement, not `str.format`, so other braces in a path
+    stay as they are."""
+    return Path(init_from.replace(SEED_PLACEHOLDER, str(seed))).expanduser()
+
+
 def load_trained_params(workdir: str | Path, template: TrainState) -> tuple[TrainState, int]:
     """`template` with the parameters and model state of the newest intact checkpoint in another run's
     `workdir` (a warm start: optimizer state, step and RNG stay the template's). That run must have had the

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from jaxarch.data import load_dataset
 from jaxarch.models import build_model
-from jaxarch.train.checkpoint import CHECKPOINTS, Checkpointer, CheckpointMismatchError, load_trained_params
+from jaxarch.train.checkpoint import (CHECKPOINTS, Checkpointer, CheckpointMismatchError, init_from_dir,
+                                     load_trained_params)
 from jaxarch.train.distributed import workdir_lock
 from jaxarch.train.lock import LOCK_FILE
 from jaxarch.train.mesh import (DATA, check_batch_size, describe, load_batch, local_rows, make_mesh,
@@ -175,8 +176,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, progress: bool | No
             print(f"[jaxarch] resuming {config.name} from the checkpoint at step {resume_step}", file=sys.stderr)
         elif train.init_from:
             # Only a fresh run is warm-started; a resumed one already holds its own trained parameters.
-            state, source_step = load_trained_params(train.init_from, state)
-            print(f"[jaxarch] {config.name} starts from the parameters of {train.init_from} at step {source_step}",
+            source = init_from_dir(train.init_from, config.seed)
+            state, source_step = load_trained_params(source, state)
+            print(f"[jaxarch] {config.name} starts from the parameters of {source} at step {source_step}",
                   file=sys.stderr)
         schedule = make_schedule(config.optim, train.steps)
         if primary and (changes or resume_step is None or not (workdir / CONFIG).exists()):

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxarch.train.checkpoint import Checkpointer, load_trained_params
+from jaxarch.train.checkpoint import Checkpointer, init_from_dir, load_trained_params
 from jaxarch.train.loop import build_dataset_and_model, init_state, train_and_evaluate, write_figure
 from jaxarch.train.mesh import make_mesh
 from jaxarch.train.nonfinite import NonFiniteGuard, flag_names
@@ -137,7 +137,8 @@ def train_stacked(members: Sequence) -> list[dict]:
             print(f"[jaxarch sweep] resuming {len(members)} stacked members from step {resume_step}",
                   file=sys.stderr)
         elif train.init_from:
-            states = [load_trained_params(train.init_from, state)[0] for state in states]
+            states = [load_trained_params(init_from_dir(train.init_from, member_config.seed), state)[0]
+                      for member_config, state in zip(configs, states)]
         return _train(members, configs, states, checkpointers, dataset, task, resume_step, start_wall)
     finally:
         for checkpointer in checkpointers:

@@ -162,8 +162,21 @@ def plan(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], s
         point_dir = workdir / _label(point) if point else workdir
         for seed in seeds:
             member_config = override_config(point_config, [f"seed={seed}"])
+            _check_init_from(member_config)
             members.append(Member(point, seed, member_config, point_dir / f"seed={seed}"))
     return members
+
+
+def _check_init_from(config: ml_collections.ConfigDict) -> None:
+    """A member's warm start must exist before any member trains (a curriculum's stage 2 over seeds whose
+    stage 1 lacks one of them would otherwise fail only when that member's turn comes)."""
+    from jaxarch.train.checkpoint import CHECKPOINTS, init_from_dir
+
+    if config.train.init_from:
+        source = init_from_dir(config.train.init_from, config.seed)
+        if not (source / CHECKPOINTS).is_dir():
+            raise ValueError(f"sweep: seed {config.seed} starts from train.init_from={str(source)!r}, which has no "
+                             f"{CHECKPOINTS}/ directory, expected the work directory of an earlier run")
 
 
 def choose_strategy(strategy: str) -> str:
