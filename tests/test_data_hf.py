@@ -35,6 +35,32 @@ def test_image_and_label_columns(tmp_path):
     assert resized.input_shape == (4, 4, 1)
 
 
+def test_a_picture_resizes_as_image_folder_resizes_it(tmp_path, monkeypatch):
+    """One picture gives one array whichever loader reads it: hf and image_folder share the bilinear resize."""
+    from PIL import Image
+
+    monkeypatch.setenv("JAXARCH_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    pictures = [Image.fromarray(rng.integers(0, 256, (9, 13, 3)).astype(np.uint8)) for _ in range(4)]
+    labels = [0, 0, 1, 1]
+    for i, (picture, label) in enumerate(zip(pictures, labels)):
+        (tmp_path / "folder" / "ab"[label]).mkdir(parents=True, exist_ok=True)
+        picture.save(tmp_path / "folder" / "ab"[label] / f"{i}.png")
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    split = datasets.Dataset.from_dict({"img": pictures, "label": labels}, features=features)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "saved"))
+
+    from_hf = load_dataset("hf", path=str(tmp_path / "saved"), image_size=6, normalize=False)
+    from_folder = load_dataset("image_folder", path=str(tmp_path / "folder"), image_size=6, normalize=False,
+                               test_fraction=0.5)
+    as_read = {arr.tobytes() for arr in np.asarray(from_hf.train_inputs)}
+    assert len(as_read) == 4 and from_hf.input_shape == (6, 6, 3)
+    folder_arrays = [*np.asarray(from_folder.train_inputs), *np.asarray(from_folder.splits["test"][0])]
+    assert {arr.tobytes() for arr in folder_arrays} == as_read
+    bicubic = np.asarray(pictures[0].resize((6, 6), Image.Resampling.BICUBIC))
+    assert bicubic.tobytes() not in as_read  # PIL's default would have given other pixels
+
+
 def test_text_column(tmp_path):
     lines = [f"line {i}: to be, or not to be" for i in range(40)]
     folder = tmp_path / "verse"

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxarch.data.arrays import StandardizedArrayDataset, standardized
 from jaxarch.data.augment import named
+from jaxarch.data.image_folder import picture_array
 from jaxarch.data.registry import DATASETS
 from jaxarch.data.text import CharCorpus
 
@@ -84,12 +85,8 @@ def hf(path: str = "", config_name: str = "", revision: str = "", train_split: s
         mode = "L" if grayscale else "RGB"
 
         def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-            images = []
-            for picture in loaded[split][image]:
-                picture = picture.convert(mode)
-                if image_size:
-                    picture = picture.resize((image_size, image_size))
-                images.append(np.asarray(picture, np.uint8).reshape(picture.height, picture.width, -1))
+            size = (image_size, image_size) if image_size else None
+            images = [picture_array(picture, mode, size) for picture in loaded[split][image]]
             if len({i.shape for i in images}) > 1:
                 raise ValueError(f"dataset 'hf': the {split} images have several sizes "
                                  f"{sorted({i.shape for i in images})[:3]}, expected one; set image_size")

@@ -29,18 +29,28 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
             for sub in sorted(folder.iterdir()) if sub.is_dir()}
 
 
+def picture_array(picture, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as uint8 `[height, width, channels]` in `mode` ("RGB" or "L"), resized to `size` (height, width)
+    unless None. Every loader of pictures (this one, `hf`) resizes here, bilinearly as torchvision's `Resize` and
+    `tf.image.resize` do, so one image gives one array whichever loader reads it (PIL's own default is bicubic)."""
+    from PIL import Image
+
+    picture = picture.convert(mode)
+    if size is not None:
+        picture = picture.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(picture, np.uint8).reshape(picture.height, picture.width, -1)
+
+
 def _decode(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
     """One image as uint8 [height, width, channels]; an unreadable file is an error naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image = image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            array = np.asarray(image, np.uint8)
+            return picture_array(image, mode, size)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise ValueError(f"dataset 'image_folder': {path} cannot be decoded as an image ({err}); expected a PNG or "
                          "JPEG file (remove it or replace it)") from None
-    return array.reshape(size[0], size[1], -1)
 
 
 def _layout(root: Path, test_fraction: float) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
