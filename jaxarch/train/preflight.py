@@ -58,7 +58,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "nonfinite": _choice(POLICIES), "debug_nans": _BOOL, "fsdp": _BOOL,
         "grad_accum_steps": _POSITIVE,
         "prefetch": _integer(0, "an integer >= 0 (0 loads each batch in the loop)"),
-        "init_from": Option((str,), lambda v: True, "the work directory of an earlier run ({seed} in it stands for the run's seed), or '' for none"),
+        "init_from": Option((str,), lambda v: True,
+                            "the work directory of an earlier run ({seed} in it stands for the run's seed), or '' "
+                            "for none"),
     },
     "optim": {
         "optimizer": _choice(OPTIMIZERS), "learning_rate": _number(lambda v: v > 0, "a number > 0"),
