@@ -507,14 +507,19 @@ def init_from_dir(init_from: str, seed: int) -> Path:
     return Path(init_from.replace(SEED_PLACEHOLDER, str(seed))).expanduser()
 
 
+def check_warm_start_source(workdir: Path) -> None:
+    """Raises `ValueError` unless `workdir` (a `train.init_from`) holds a checkpoints/ directory."""
+    if not (workdir / CHECKPOINTS).is_dir():
+        raise ValueError(f"train.init_from: {str(workdir)!r} has no {CHECKPOINTS}/ directory, expected the work "
+                         "directory of an earlier run")
+
+
 def load_trained_params(workdir: str | Path, template: TrainState) -> tuple[TrainState, int]:
     """`template` with the parameters and model state of the newest intact checkpoint in another run's
     `workdir` (a warm start: optimizer state, step and RNG stay the template's). That run must have had the
     same model and optimizer settings, so that its train state has the template's structure."""
     workdir = Path(workdir).expanduser()
-    if not (workdir / CHECKPOINTS).is_dir():
-        raise ValueError(f"train.init_from: {str(workdir)!r} has no {CHECKPOINTS}/ directory, expected the work "
-                         "directory of an earlier run")
+    check_warm_start_source(workdir)
     source = Checkpointer(workdir, every=0, keep=1, read_only=True,
                           mismatch_hint="train.init_from needs a run of the same model and optimizer settings (the "
                                         "data and step count may differ)")

@@ -170,13 +170,14 @@ def plan(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], s
 def _check_init_from(config: ml_collections.ConfigDict) -> None:
     """A member's warm start must exist before any member trains (a curriculum's stage 2 over seeds whose
     stage 1 lacks one of them would otherwise fail only when that member's turn comes)."""
-    from jaxarch.train.checkpoint import CHECKPOINTS, init_from_dir
+    from jaxarch.train.checkpoint import check_warm_start_source, init_from_dir
 
     if config.train.init_from:
         source = init_from_dir(config.train.init_from, config.seed)
-        if not (source / CHECKPOINTS).is_dir():
-            raise ValueError(f"sweep: seed {config.seed} starts from train.init_from={str(source)!r}, which has no "
-                             f"{CHECKPOINTS}/ directory, expected the work directory of an earlier run")
+        try:
+            check_warm_start_source(source)
+        except ValueError as err:
+            raise ValueError(f"sweep: seed {config.seed} starts from train.init_from={str(source)!r}; {err}") from None
 
 
 def choose_strategy(strategy: str) -> str:
