@@ -8,7 +8,10 @@ squared error of its outputs `[batch, time, hidden]` against a fixed random targ
   (shows what the whole-sequence LSTM kernel buys; the GRU always uses the scan, so its pair is a noise check);
 - `flax_lstm`, `flax_gru`: `flax.linen.RNN(nn.OptimizedLSTMCell / nn.GRUCell)`;
 - `torch_lstm`, `torch_gru`: PyTorch eager `nn.LSTM / nn.GRU(batch_first=True)` with `torch.optim.Adam`, on all
-  the threads PyTorch picks by default (reported) and glibc's default allocator, when torch is importable.
+  the threads PyTorch picks by default (reported) and glibc's default allocator, when torch is importable; on a
+  CUDA GPU, when JAX runs there too, on the GPU (cuDNN's fused kernels).
+- on a CUDA GPU, where `jaxarch_lstm` runs on cuDNN's fused kernel (`RNN.cudnn`), also `jaxarch_lstm_cudnn_off`:
+  `cudnn=False`, jaxarch's own LSTM there, so the pair shows what cuDNN's kernel buys.
 
 A JAX step is `jax.jit` of value_and_grad + optax update, run to `block_until_ready`; a torch step is zero_grad,
 forward, backward, `optimizer.step()`. The JAX steps are timed interleaved (`benchmarks.timing.time_interleaved`),
@@ -44,6 +47,7 @@ import optax
 from jaxarch import tune_cpu
 from jaxarch.benchmarks.timing import (Timing, environment, matmul_ceiling_flops, time_interleaved,
                                        torch_available, write_json)
+from jaxarch.layers import recurrent_cudnn
 from jaxarch.layers.recurrent import RNN, GRUCell, LSTMCell
 
 REFERENCE_SHAPE = dict(batch=64, time=128, features_in=64, hidden=256)
@@ -54,7 +58,7 @@ LEARNING_RATE = 1e-3
 
 def jax_models(hidden: int) -> dict[str, tuple[str, nn.Module]]:
     """Name -> (cell kind, module)."""
-    return {
+    models = {
         "jaxarch_lstm": ("lstm", RNN(LSTMCell(hidden))),
         "jaxarch_gru": ("gru", RNN(GRUCell(hidden))),
         "jaxarch_lstm_scan": ("lstm", RNN(LSTMCell(hidden), fused_sequence=False)),
@@ -62,6 +66,9 @@ def jax_models(hidden: int) -> dict[str, tuple[str, nn.Module]]:
         "flax_lstm": ("lstm", nn.RNN(nn.OptimizedLSTMCell(hidden))),
         "flax_gru": ("gru", nn.RNN(nn.GRUCell(hidden))),
     }
+    if recurrent_cudnn.cuda_available():
+        models["jaxarch_lstm_cudnn_off"] = ("lstm", RNN(LSTMCell(hidden), cudnn=False))
+    return models
 
 
 def jax_train_step(model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -> Callable[[], None]:
@@ -88,14 +95,15 @@ def jax_train_step(model: nn.Module, inputs: np.ndarray, targets: np.ndarray) ->
     return run
 
 
-def torch_train_step(kind: str, inputs: np.ndarray, targets: np.ndarray, hidden: int) -> Callable[[], None]:
+def torch_train_step(kind: str, inputs: np.ndarray, targets: np.ndarray, hidden: int,
+                     device: str = "cpu") -> Callable[[], None]:
     import torch
 
     torch.manual_seed(0)
     layer_type = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
-    layer = layer_type(inputs.shape[-1], hidden, batch_first=True)
+    layer = layer_type(inputs.shape[-1], hidden, batch_first=True).to(device)
     optimizer = torch.optim.Adam(layer.parameters(), lr=LEARNING_RATE)
-    x, y = torch.from_numpy(inputs), torch.from_numpy(targets)
+    x, y = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
     def run() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -103,8 +111,19 @@ def torch_train_step(kind: str, inputs: np.ndarray, targets: np.ndarray, hidden:
         loss = torch.mean(torch.square(outputs - y))
         loss.backward()
         optimizer.step()
+        if device == "cuda":  # kernels run asynchronously: the step ends when the GPU is done
+            torch.cuda.synchronize()
 
     return run
+
+
+def torch_device() -> str:
+    """Where PyTorch's models run: on the GPU when JAX runs on a CUDA GPU and torch sees one, else the CPU."""
+    if not recurrent_cudnn.cuda_available():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def train_flops(kind: str, batch: int, time: int, features_in: int, hidden: int) -> float:
@@ -119,10 +138,10 @@ def _data(shape: dict) -> tuple[np.ndarray, np.ndarray]:
     return inputs, targets
 
 
-def torch_timings(shape: dict, rounds: int, repetitions: int) -> dict[str, dict]:
+def torch_timings(shape: dict, rounds: int, repetitions: int, device: str = "cpu") -> dict[str, dict]:
     """Times the torch models in this process (the child's side of `--torch-worker`)."""
     inputs, targets = _data(shape)
-    steps = {f"torch_{kind}": torch_train_step(kind, inputs, targets, shape["hidden"]) for kind in NUM_GATES}
+    steps = {f"torch_{kind}": torch_train_step(kind, inputs, targets, shape["hidden"], device) for kind in NUM_GATES}
     return {name: dataclasses.asdict(timing)
             for name, timing in time_interleaved(steps, rounds=rounds, repetitions=repetitions).items()}
 
@@ -136,7 +155,8 @@ def benchmark_shape(shape: dict, *, rounds: int, repetitions: int, include_torch
     timings = time_interleaved(steps, rounds=rounds, repetitions=repetitions)
     if include_torch:
         worker = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--torch-worker", json.dumps(
-            dict(shape=shape, rounds=rounds, repetitions=repetitions))], check=True, capture_output=True, text=True)
+            dict(shape=shape, rounds=rounds, repetitions=repetitions, device=torch_device()))], check=True,
+            capture_output=True, text=True)
         for name, timing in json.loads(worker.stdout.strip().splitlines()[-1]).items():
             kinds[name], timings[name] = name.removeprefix("torch_"), Timing(**timing)
     results = {}
@@ -161,7 +181,7 @@ def add_ratios(entry: dict, ceiling_flops: float) -> None:
     ratios = {}
     for kind in NUM_GATES:
         ours = results[f"jaxarch_{kind}"]["steps_per_second"]
-        for peer in (f"jaxarch_{kind}_scan", f"flax_{kind}", f"torch_{kind}"):
+        for peer in (f"jaxarch_{kind}_scan", f"jaxarch_{kind}_cudnn_off", f"flax_{kind}", f"torch_{kind}"):
             if peer in results:
                 ratios[f"jaxarch_{kind}/{peer}"] = ours / results[peer]["steps_per_second"]
     entry["ratios"] = ratios
@@ -202,6 +222,7 @@ def run(quick: bool = False, include_torch: bool | None = None) -> dict:
 
         result["torch"] = torch.__version__
         result["torch_threads"] = torch.get_num_threads()
+        result["torch_device"] = torch_device()
     return result
 
 
@@ -214,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.torch_worker:
         settings = json.loads(args.torch_worker)
-        print(json.dumps(torch_timings(settings["shape"], settings["rounds"], settings["repetitions"])))
+        print(json.dumps(torch_timings(settings["shape"], settings["rounds"], settings["repetitions"],
+                                       settings.get("device", "cpu"))))
         return {}  # untuned: glibc's own allocator settings, as PyTorch's users have them
     tune_cpu()  # the JAX steps run as under the `jaxarch` command
     result = run(quick=args.quick, include_torch=False if args.no_torch else None)

@@ -9,7 +9,9 @@ crosses the time loop through Flax's lifted scan (`nn.scan`, as `flax.linen.RNN`
 `flax.linen.RNNCellBase` cell works inside it, including one that calls `self.sow(...)` or draws rngs: parameters are
 broadcast to every step, sown `intermediates` come back stacked along a leading time axis, and rng streams are split
 per step as `RNN.split_rngs` says. jaxarch's plain LSTM and tanh RNN cells instead run as one whole-sequence kernel
-with a hand-derived gradient, which reads the parameters as plain arrays and calls no module inside its loop.
+with a hand-derived gradient, which reads the parameters as plain arrays and calls no module inside its loop. On
+CUDA GPUs a plain float32 LSTM runs on cuDNN's fused kernel instead, as PyTorch's does (`RNN.cudnn`,
+`jaxarch.layers.recurrent_cudnn`).
 
 Where the input projection runs (`RNN.project_first`): every jaxarch cell splits its step into `project_inputs`
 (the carry-independent input matmul) and `step_projected`; `project_first=True` runs `project_inputs` once on the
@@ -37,8 +39,9 @@ from jaxarch.layers.recurrent_cells import (CELLS, Array, Carry, GRUCell, Initia
                                             SimpleRNNCell, _check_carry, _check_chrono, _check_has_features,
                                             _chrono_bias, _compute_dtype, _default_kernel_init, _expand_to,
                                             _FusedGateCell, _gate_dtype, _identity_init, _layer_norm, _per_gate)
-from jaxarch.layers.recurrent_kernels import (_carry_independent_tangent, _flat, _lstm_scan,  # noqa: F401
-                                              _lstm_sequence, _lstm_sequence_jvp, _masked, _rnn_scan,
+from jaxarch.layers import recurrent_cudnn
+from jaxarch.layers.recurrent_kernels import (_carry_independent_tangent, _flat, _flip_within_lengths,  # noqa: F401
+                                              _lstm_scan, _lstm_sequence, _lstm_sequence_jvp, _masked, _rnn_scan,
                                               _rnn_sequence, _rnn_sequence_jvp, _scan_into_own_buffers,
                                               _sequence_kernel, _sequence_scan, _step_weights, _zero_masked)
 
@@ -56,15 +59,6 @@ def _with_hidden(carry: Carry, h: Array) -> Carry:
     return carry[:-1] + (h,) if isinstance(carry, tuple) else h
 
 
-def _flip_within_lengths(x: Array, seq_lengths: Array) -> Array:
-    """Reverses each sequence's valid part, `x: [time, batch, ...]`; padding stays at the end."""
-    num_steps = x.shape[0]
-    steps = jnp.arange(num_steps)[:, None]  # [T, 1]
-    lengths = jnp.clip(seq_lengths, 0, num_steps)[None, :]  # [1, B]; traced lengths escape the range check
-    source = jnp.where(steps < lengths, lengths - 1 - steps, steps)  # [T, B]
-    return jnp.take_along_axis(x, _expand_to(source, x.ndim, leading=False), axis=0)
-
-
 class RNN(nn.Module):
     """Runs a cell over time with Flax's lifted scan (`nn.scan`).
 
@@ -76,7 +70,8 @@ class RNN(nn.Module):
     Other `flax.linen.RNNCellBase` cells are stepped whole. Plain LSTM and tanh simple-RNN cells projected inside
     the scan run as a whole-sequence kernel with a hand-derived gradient (`fused_sequence`, see
     `jaxarch.layers.recurrent_kernels`): the same values to float rounding, forward and reverse mode, faster
-    training.
+    training. On CUDA GPUs a plain float32 LSTM runs on cuDNN's fused kernel instead (`cudnn`, see
+    `jaxarch.layers.recurrent_cudnn`), the same function with the same parameters.
 
     Any cell may `sow`: the sown values come back in their collection with a leading time axis (`[time, *shape]`,
     indexed by input position, also when `reverse`). That holds for the collections named in `variable_axes`
@@ -109,6 +104,11 @@ class RNN(nn.Module):
     # `_sequence_kernel`); the same values to float rounding, faster training. False differentiates the scan of
     # `step_projected`.
     fused_sequence: bool = True
+    # Plain float32 LSTM cells through cuDNN's fused kernel, one call per layer and direction (see
+    # `jaxarch.layers.recurrent_cudnn`). None: on CUDA GPUs, for a cell that qualifies, with `fused_sequence` and
+    # `unroll=1`; True: always, an error for a cell it cannot run, and off CUDA JAX's reference of the kernel
+    # (`jax.experimental.rnn.lstm_ref`, slow: it is how the path is tested on CPU); False: never.
+    cudnn: bool | None = None
     # Rng streams passed into the loop (flax `nn.scan`'s `split_rngs`): True, a new key each step; False, the same
     # key at every step (e.g. one dropout mask for the whole sequence). Streams not named do not reach the cell.
     # "params" is False: parameters are created once and broadcast to every step.
@@ -157,6 +157,12 @@ class RNN(nn.Module):
         project_first = self.project_first if self.project_first is not None else jax.default_backend() != "cpu"
         hidden = _hidden(expected_carry)
         perturbation = self._hidden_state_perturbation((num_steps,) + hidden.shape, hidden.dtype)
+        if self._use_cudnn(cell, x, carry, perturbation is not None):
+            if self.is_initializing():
+                cell.project_inputs(x[0])  # declares the params
+            carry, outputs = recurrent_cudnn.lstm_sequence(x, seq_lengths, carry, *cell.fused_weights(x), reverse,
+                                                           use_cuda=recurrent_cudnn.cuda_available())
+            return self._finish(carry, outputs, seq_lengths, return_carry, reverse, keep_order)
         sequence_kernel = None
         if self.fused_sequence and not project_first and perturbation is None and self.unroll == 1:
             sequence_kernel = _sequence_kernel(cell, x, carry)
@@ -198,6 +204,22 @@ class RNN(nn.Module):
                        reverse=reverse, unroll=self.unroll)
         carry, outputs = scan(cell, carry, (xs, mask, perturbation))  # outputs [T, B, H] in input order
         return self._finish(carry, outputs, seq_lengths, return_carry, reverse, keep_order)
+
+    @nn.nowrap
+    def _use_cudnn(self, cell: nn.RNNCellBase, x: Array, carry: Carry, diagnostics: bool) -> bool:
+        """Whether this call runs on cuDNN's LSTM kernel (the `cudnn` field); an error if asked for one it cannot
+        run."""
+        if self.cudnn is False:
+            return False
+        fits = not diagnostics and recurrent_cudnn.eligible(_sequence_kernel(cell, x, carry), x, carry)
+        if self.cudnn is None:
+            return fits and self.fused_sequence and self.unroll == 1 and recurrent_cudnn.cuda_available()
+        if not fits:
+            fail("RNN", "cudnn=True with the cell", f"{type(cell).__name__} on {jnp.dtype(x.dtype).name} inputs"
+                 f"{' with hidden-state diagnostics' if diagnostics else ''}", "a plain LSTMCell (sigmoid gates, "
+                 "tanh, no peepholes or layer norm) with float32 inputs, parameters, carry and compute, and no "
+                 "hidden-state diagnostics")
+        return True
 
     @nn.nowrap
     def _finish(self, carry: Carry, outputs: Array, seq_lengths: Array | None, return_carry: bool, reverse: bool,
@@ -315,6 +337,7 @@ class StackedRNN(nn.Module):
     residual: bool = False
     return_carry: bool = False
     unroll: int = 1
+    cudnn: bool | None = None  # each layer's `RNN.cudnn`: None, cuDNN's LSTM kernel on CUDA GPUs
 
     @nn.compact
     def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
@@ -357,7 +380,7 @@ class StackedRNN(nn.Module):
         # Modules built here would be adopted by this module under automatic names; `parent=None` leaves them
         # unbound until the enclosing RNN/Bidirectional takes them, giving the names `cell`, `forward_rnn`, ...
         def make_rnn(features, **kwargs):
-            return RNN(make_cell(features, parent=None), unroll=self.unroll, **kwargs)
+            return RNN(make_cell(features, parent=None), unroll=self.unroll, cudnn=self.cudnn, **kwargs)
 
         x, carries = inputs, []
         for index, features in enumerate(sizes):

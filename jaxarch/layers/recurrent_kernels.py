@@ -28,7 +28,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxarch.layers.recurrent_cells import Array, Carry, LSTMCell, SimpleRNNCell
+from jaxarch.layers.recurrent_cells import Array, Carry, LSTMCell, SimpleRNNCell, _expand_to
 
 
 def _masked(mask_t: Array | None, new: Array, old: Array) -> Array:
@@ -38,6 +38,15 @@ def _masked(mask_t: Array | None, new: Array, old: Array) -> Array:
 
 def _zero_masked(mask_t: Array | None, y: Array) -> Array:
     return y if mask_t is None else jnp.where(mask_t[:, None], y, jnp.zeros((), y.dtype))
+
+
+def _flip_within_lengths(x: Array, seq_lengths: Array) -> Array:
+    """Reverses each sequence's valid part, `x: [time, batch, ...]`; padding stays at the end."""
+    num_steps = x.shape[0]
+    steps = jnp.arange(num_steps)[:, None]  # [T, 1]
+    lengths = jnp.clip(seq_lengths, 0, num_steps)[None, :]  # [1, B]; traced lengths escape the range check
+    source = jnp.where(steps < lengths, lengths - 1 - steps, steps)  # [T, B]
+    return jnp.take_along_axis(x, _expand_to(source, x.ndim, leading=False), axis=0)
 
 
 def _flat(x: Array) -> Array:
