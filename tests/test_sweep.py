@@ -187,6 +187,18 @@ def test_members_per_group_and_shape_changes_make_separate_groups(tmp_path):
         assert len({m.config.model.features for m in group}) == 1
 
 
+def test_only_the_keys_that_vary_name_the_grid_points_directories(tmp_path):
+    from jaxarch.train.sweep import plan
+
+    members = plan(tiny_config(), {"optim.weight_decay": [0.1], "optim.learning_rate": [0.01, 0.02]}, [0], tmp_path)
+    assert [m.workdir.relative_to(tmp_path).as_posix() for m in members] == [
+        "optim.learning_rate=0.01/seed=0", "optim.learning_rate=0.02/seed=0"]
+    assert [m.point for m in members][0] == (("optim.weight_decay", "0.1"), ("optim.learning_rate", "0.01"))
+    assert {m.config.optim.weight_decay for m in members} == {0.1}
+    [alone] = plan(tiny_config(), {"optim.weight_decay": [0.1]}, [3], tmp_path)
+    assert alone.workdir == tmp_path / "seed=3" and alone.config.optim.weight_decay == 0.1
+
+
 def test_killed_sweep_resumes_to_the_uninterrupted_summary(tmp_path, sequential):
     _, whole = sequential
     workdir = tmp_path / "cut"
@@ -197,13 +209,14 @@ def test_killed_sweep_resumes_to_the_uninterrupted_summary(tmp_path, sequential)
                               env={**os.environ, "MPLBACKEND": "Agg"})
     deadline = time.monotonic() + 600
     # Killed once the second member has a checkpoint: one member finished, one mid-run, one not started.
+    # One-valued grid items vary nothing, so the members' directories are the sweep's own seed=S.
+    point_dir = workdir
     while killed.poll() is None and time.monotonic() < deadline:
-        if any((d / "checkpoints" / "6").exists() for d in workdir.glob("*/seed=1")):
+        if (point_dir / "seed=1" / "checkpoints" / "6").exists():
             break
         time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
-    [point_dir] = workdir.glob("*/")
     assert (point_dir / "seed=0" / "result.json").exists() and not (point_dir / "seed=1" / "result.json").exists()
     finished_before = (point_dir / "seed=0" / "result.json").stat().st_mtime_ns
 

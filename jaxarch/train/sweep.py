@@ -147,6 +147,8 @@ def plan(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], s
         if not values or len(set(values)) != len(values):
             raise ValueError(f"sweep: key {key!r} has values {values}, expected at least one and no value twice")
     workdir = Path(workdir)
+    # A key with one value is an override shared by every member; only the keys that vary name a point's directory.
+    varying = [key for key, values in grid.items() if len(values) > 1]
     members = []
     for values in itertools.product(*grid.values()):
         point = tuple(zip(grid, values))
@@ -159,7 +161,8 @@ def plan(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence[Any]], s
         except ValueError as err:
             raise ValueError(f"sweep: the grid point {' '.join(overrides) or '(no overrides)'} is not a valid "
                              f"config: {err}") from None
-        point_dir = workdir / _label(point) if point else workdir
+        label = [(key, value) for key, value in point if key in varying]
+        point_dir = workdir / _label(label) if label else workdir
         for seed in seeds:
             member_config = override_config(point_config, [f"seed={seed}"])
             _check_init_from(member_config)
