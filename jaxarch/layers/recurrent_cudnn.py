@@ -10,8 +10,9 @@ direction, with:
 - `seq_lengths` passed through: cuDNN reads each sequence's first `seq_lengths[b]` steps, writes zeros after them
   and returns the carry after the last valid step. A reverse direction runs forward over each sequence's valid
   part reversed (`_flip_within_lengths`) and flips the outputs back, as `jax.experimental.rnn.lstm_ref` runs the
-  backward half of a bidirectional LSTM. cuDNN needs lengths of at least 1: a length-0 sequence is run for one
-  step and its outputs and carry replaced by zeros and the initial carry, which is `RNN`'s meaning of length 0.
+  backward half of a bidirectional LSTM. cuDNN fails on a length-0 sequence (CUDNN_STATUS_EXECUTION_FAILED,
+  jax-ml/jax#17966): such a sequence is run for one step and its outputs and carry replaced by zeros and the
+  initial carry, which is `RNN`'s meaning of length 0.
 
 cuDNN's primitives have no batching rule, and `jax.vmap` over training is how `jaxarch sweep` trains members
 together. The call is therefore a `jax.custom_vjp` whose forward and backward halves are each primal-only
