@@ -80,7 +80,9 @@ if wanted tests; then
   if [ "$dry_run" = 1 ]; then
     run tests 120 "$python" -m pytest -q --collect-only "${selection[@]}"
   else
-    run tests 180 "$python" -m pytest -q -x -p no:cacheprovider "${selection[@]}"
+    # Full float32 matmuls: on the GPU XLA and cuDNN default to TF32, and the tests compare float32 results.
+    run tests 180 env JAX_DEFAULT_MATMUL_PRECISION=highest "$python" -m pytest -q -p no:cacheprovider \
+      "${selection[@]}"
   fi
 fi
 if wanted bench; then
