@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_check.sh [--dry-run] [--steps install,tests,bench,rnn,sweep,tour] [--out DIR] [--wheels DIR]
 #
 # Steps, in order, each under its own time cap (seconds, overridable as CAP_<STEP>=N) so one that hangs leaves
-# the rest their time, each step's output in DIR/<step>.log and its exit status in DIR/summary.txt:
+# the rest their time, each step's output in DIR/<step>.log and its exit status in DIR/summary.txt. The caps add
+# up to 555 s, inside one 10-minute call; --steps reruns the steps that need it:
 #   install  jaxarch into the image's Python without network: the dependencies the image lacks come as wheels
 #            from --wheels (fetch them where pip works: `python3 -m pip download --no-deps --only-binary=:all:
 #            --python-version 3.12 --implementation cp -d .whl ml_collections==1.1.0 mnist1d==0.0.2.post1
@@ -70,7 +71,7 @@ if wanted install; then
   if [ "$dry_run" = 1 ]; then
     run install 60 "$python" -m pip --version
   else
-    run install 120 bash -c "$python -m pip install -q --no-index --no-deps $wheels/*.whl \
+    run install 60 bash -c "$python -m pip install -q --no-index --no-deps $wheels/*.whl \
       && $python -m pip install -q --no-index --no-deps --no-build-isolation -e ."
   fi
 fi
@@ -81,7 +82,7 @@ if wanted tests; then
     run tests 120 "$python" -m pytest -q --collect-only "${selection[@]}"
   else
     # Full float32 matmuls: on the GPU XLA and cuDNN default to TF32, and the tests compare float32 results.
-    run tests 180 env JAX_DEFAULT_MATMUL_PRECISION=highest "$python" -m pytest -q -p no:cacheprovider \
+    run tests 120 env JAX_DEFAULT_MATMUL_PRECISION=highest "$python" -m pytest -q -p no:cacheprovider \
       "${selection[@]}"
   fi
 fi
@@ -90,7 +91,7 @@ if wanted bench; then
     run bench 240 "$python" -m jaxarch.cli bench --quick --families attention --no-torch --no-scaling \
       --out "$out/bench.json"
   else
-    run bench 240 "$python" -m jaxarch.cli bench --families attention,gpt,conv,lstm --sizes reference,large \
+    run bench 150 "$python" -m jaxarch.cli bench --families attention,gpt,conv,lstm --sizes reference,large \
       --no-scaling --out "$out/bench.json"
   fi
 fi
@@ -98,14 +99,14 @@ if wanted rnn; then
   if [ "$dry_run" = 1 ]; then
     run rnn 120 "$python" -m jaxarch.benchmarks.rnn --quick --no-torch --out "$out/rnn.json"
   else
-    run rnn 120 "$python" -m jaxarch.benchmarks.rnn --out "$out/rnn.json"
+    run rnn 60 "$python" -m jaxarch.benchmarks.rnn --out "$out/rnn.json"
   fi
 fi
 if wanted sweep; then
   if [ "$dry_run" = 1 ]; then
     run sweep 120 "$python" -m jaxarch.benchmarks.sweep --members 2 "model.features=(8,16)" train.batch_size=32
   else
-    run sweep 120 "$python" -m jaxarch.benchmarks.sweep --members 8
+    run sweep 45 "$python" -m jaxarch.benchmarks.sweep --members 8
   fi
 fi
 if wanted tour; then
@@ -113,7 +114,7 @@ if wanted tour; then
     run tour 300 "$python" -m jaxarch.cli tour --models mnist1d-logreg,mnist1d-mlp --workdir "$workdir/tour" \
       --no-progress
   else
-    run tour 300 "$python" -m jaxarch.cli tour --workdir "$workdir/tour" --no-progress
+    run tour 120 "$python" -m jaxarch.cli tour --workdir "$workdir/tour" --no-progress
   fi
 fi
 
