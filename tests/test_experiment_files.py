@@ -94,7 +94,7 @@ def test_sweep_a_file(tmp_path, monkeypatch, capsys):
     sweep_dir = tmp_path / "runs" / "sweep-my_swept_bag"
     assert (sweep_dir / "summary.json").exists()
     for seed in (0, 1):
-        saved = json.loads((sweep_dir / "train.steps=4" / f"seed={seed}" / "config.json").read_text())
+        saved = json.loads((sweep_dir / f"seed={seed}" / "config.json").read_text())
         assert saved["name"] == "my_swept_bag" and saved["seed"] == seed and saved["train"]["steps"] == 4
 
 
