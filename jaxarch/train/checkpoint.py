@@ -38,7 +38,6 @@ import logging
 import math
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import jax
@@ -494,21 +493,7 @@ class Checkpointer:
             finally:
                 logging.getLogger("absl").removeFilter(self._log_filter)
                 if self._write_failed:
-                    _join_metadata_writers()
                     self.remove_temporary()
-
-
-# Orbax's thread that writes a checkpoint's metadata once its arrays are committed. After a failed save orbax's
-# wait returns at the first failure while this thread may still be writing into the save's temporary directory,
-# which would then reappear after `remove_temporary`.
-_METADATA_WRITER = "write_metadata_after_commits"
-
-
-def _join_metadata_writers(timeout_seconds: float = 60.0) -> None:
-    """Waits (up to `timeout_seconds` each) for orbax's metadata writers still running; none is a no-op."""
-    for thread in threading.enumerate():
-        if thread.name == _METADATA_WRITER and thread is not threading.current_thread():
-            thread.join(timeout_seconds)
 
 
 SEED_PLACEHOLDER = "{seed}"
