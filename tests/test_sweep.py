@@ -321,6 +321,20 @@ def test_summary_markdown_shows_interval_and_per_seed_rows():
     assert "| 1 | 92.00 | seed=1 |" in text
 
 
+def test_summary_markdown_gives_small_losses_their_significant_digits():
+    losses = [1.4e-4, 1.13e-4, 3.07e-4]
+    summary = {"experiment": "e", "members": 3, "strategy": "sequential", "confidence": 0.95, "points": [{
+        "overrides": {}, "params": 10, "metrics": {"test_loss": describe(losses)},
+        "seeds": [{"seed": k, "workdir": f"seed={k}", "test_loss": v} for k, v in enumerate(losses)],
+        "timing": {"train_seconds": describe([10.0, 12.0, 11.0])}}]}
+    stats = summary["points"][0]["metrics"]["test_loss"]
+    text = summary_markdown(summary)
+    assert (f"| test_loss | 0.0001867 | {stats['std']:.4g} | [{stats['ci_low']:.4g}, {stats['ci_high']:.4g}] | "
+            "0.000113 | 0.000307 | 3 |") in text
+    assert "| 1 | 0.000113 | seed=1 |" in text
+    assert "| train_seconds (machine-dependent) | 11.0 | 1.0 | [8.5, 13.5] | 10.0 | 12.0 | 3 |" in text
+
+
 def test_bench_row_times_both_strategies():
     from jaxarch.benchmarks.sweep import markdown_lines, measure
 

@@ -311,13 +311,20 @@ def summarize(name: str, members: Sequence[Member], results: Mapping[Path, dict]
             "members": len(members), "points": summary_points}
 
 
-def _number(value: float | None, scale: float, digits: int) -> str:
-    return "-" if value is None else f"{scale * value:.{digits}f}"
+def _number(value: float | None, scale: float, spec: str) -> str:
+    return "-" if value is None else f"{scale * value:{spec}}"
 
 
-def _scale(metric: str) -> tuple[float, int, str]:
-    # Accuracies read as percentages; everything else as it is.
-    return (100.0, 2, "%") if metric.endswith("accuracy") else (1.0, 4, "")
+def _scale(metric: str) -> tuple[float, str, str]:
+    """(scale, format spec, unit) of a metric's numbers. Accuracies read as percentages with two decimals; every
+    other metric with four significant digits, so that a loss of 1.4e-4 does not print as 0.0001."""
+    return (100.0, ".2f", "%") if metric.endswith("accuracy") else (1.0, ".4g", "")
+
+
+def _interval(stats: dict, scale: float, spec: str) -> str:
+    if stats["ci_low"] is None:
+        return format_interval(stats)  # one value: the interval is unknown
+    return f"[{_number(stats['ci_low'], scale, spec)}, {_number(stats['ci_high'], scale, spec)}]"
 
 
 def summary_markdown(summary: dict, command: str | None = None) -> str:
@@ -334,19 +341,19 @@ def summary_markdown(summary: dict, command: str | None = None) -> str:
             lines += [f"{point['params']:,} parameters.", ""]
         lines += ["| metric | mean | std | 95% CI | min | max | n |", "|---|---|---|---|---|---|---|"]
         for metric, stats in point["metrics"].items():
-            scale, digits, unit = _scale(metric)
-            lines.append(f"| {metric}{' (%)' if unit else ''} | {_number(stats['mean'], scale, digits)} | "
-                         f"{_number(stats['std'], scale, digits)} | {format_interval(stats, scale, digits)} | "
-                         f"{_number(stats['min'], scale, digits)} | {_number(stats['max'], scale, digits)} | "
+            scale, spec, unit = _scale(metric)
+            lines.append(f"| {metric}{' (%)' if unit else ''} | {_number(stats['mean'], scale, spec)} | "
+                         f"{_number(stats['std'], scale, spec)} | {_interval(stats, scale, spec)} | "
+                         f"{_number(stats['min'], scale, spec)} | {_number(stats['max'], scale, spec)} | "
                          f"{stats['n']} |")
         for field, stats in point["timing"].items():
-            lines.append(f"| {field} (machine-dependent) | {stats['mean']:.1f} | {_number(stats['std'], 1, 1)} | "
+            lines.append(f"| {field} (machine-dependent) | {stats['mean']:.1f} | {_number(stats['std'], 1, '.1f')} | "
                          f"{format_interval(stats, 1, 1)} | {stats['min']:.1f} | {stats['max']:.1f} | {stats['n']} |")
         metrics = list(point["metrics"])
         lines += ["", "| seed | " + " | ".join(metrics) + " | run directory |",
                   "|---" * (len(metrics) + 2) + "|"]
         for row in point["seeds"]:
-            values = [_number(row[m], _scale(m)[0], _scale(m)[1]) for m in metrics]
+            values = [_number(row[m], *_scale(m)[:2]) for m in metrics]
             lines.append(f"| {row['seed']} | " + " | ".join(values) + f" | {row['workdir']} |")
         lines.append("")
     return "\n".join(lines)
