@@ -123,7 +123,8 @@ def lstm_sequence(x: Array, seq_lengths: Array | None, carry: Carry, input_kerne
         x = jnp.flip(x, 0) if full else _flip_within_lengths(x, lengths)
     weights = _pack_weights(input_kernel, input_bias, recurrent_kernel, recurrent_bias)
     call = _cudnn_call if use_cuda else _reference_call
-    y, h_n, c_n = call(jnp.swapaxes(x, 0, 1), h0[None], c0[None], weights, jnp.maximum(lengths, 1))
+    # Within [1, T]: cuDNN fails on length 0 (replaced below), and traced lengths escape RNN's range check.
+    y, h_n, c_n = call(jnp.swapaxes(x, 0, 1), h0[None], c0[None], weights, jnp.clip(lengths, 1, num_steps))
     ys = jnp.swapaxes(y, 0, 1)  # [T, B, H]
     if reverse:
         ys = jnp.flip(ys, 0) if full else _flip_within_lengths(ys, lengths)
