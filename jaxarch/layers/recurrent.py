@@ -211,7 +211,7 @@ class RNN(nn.Module):
         run."""
         if self.cudnn is False:
             return False
-        fits = not diagnostics and recurrent_cudnn.eligible(_sequence_kernel(cell, x, carry), x, carry)
+        fits = not diagnostics and recurrent_cudnn.eligible(_sequence_kernel(cell, x, carry), x)
         if self.cudnn is None:
             return fits and self.fused_sequence and self.unroll == 1 and recurrent_cudnn.cuda_available()
         if not fits:

@@ -32,7 +32,7 @@ from jax.custom_batching import sequential_vmap
 from jax.experimental import rnn as jax_rnn
 
 from jaxarch.layers.recurrent_cells import Array, Carry
-from jaxarch.layers.recurrent_kernels import _flip_within_lengths, _lstm_sequence
+from jaxarch.layers.recurrent_kernels import _flip_within_lengths, _lstm_sequence, _masked
 
 
 def cuda_available() -> bool:
@@ -133,14 +133,12 @@ def lstm_sequence(x: Array, seq_lengths: Array | None, carry: Carry, input_kerne
     valid = lengths > 0
     mask = jnp.arange(num_steps)[:, None] < lengths[None, :]  # [T, B]
     ys = jnp.where(mask[..., None], ys, jnp.zeros((), ys.dtype))
-    c_t = jnp.where(valid[:, None], c_n[0], c0)
-    h_t = jnp.where(valid[:, None], h_n[0], h0)
-    return (c_t, h_t), ys
+    return (_masked(valid, c_n[0], c0), _masked(valid, h_n[0], h0)), ys
 
 
-def eligible(kernel, x: Array, carry: Carry) -> bool:
+def eligible(kernel, x: Array) -> bool:
     """Whether cuDNN's call computes what the cell does: `kernel` is the whole-sequence kernel `RNN` found for it
-    (`_sequence_kernel`: a plain LSTM in one dtype) and that dtype is float32, the only one the binding takes."""
-    return kernel is _lstm_sequence and jnp.dtype(x.dtype) == jnp.float32 and all(
-        jnp.dtype(c.dtype) == jnp.float32 for c in jax.tree.leaves(carry))
+    (`_sequence_kernel`: a plain LSTM whose inputs, parameters, carry and compute share one dtype) and that dtype,
+    the inputs', is float32, the only one the binding takes."""
+    return kernel is _lstm_sequence and jnp.dtype(x.dtype) == jnp.float32
 
