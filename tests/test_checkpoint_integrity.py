@@ -164,6 +164,39 @@ def test_a_digest_failure_surfaces_and_leaves_no_checkpoint(tmp_path, monkeypatc
     assert_same(state, small_state(1.0))
 
 
+class SlowWriter:
+    """A commit future that finishes a second after it starts, as a large array's write does."""
+
+    def __init__(self):
+        self.finished = threading.Event()
+        self.thread = threading.Thread(target=lambda: (time.sleep(1.0), self.finished.set()))
+        self.thread.start()
+
+    def result(self, timeout=None):
+        self.thread.join(timeout)
+
+
+def test_a_failed_save_raises_only_once_its_other_writers_have_finished(tmp_path, monkeypatch):
+    """Orbax stops waiting at the first failed commit; a writer still running then would recreate the
+    temporary directory that the next run, or the same process's next Checkpointer, has just removed."""
+    writers = []
+    state_save = ocp.StandardCheckpointHandler.async_save
+
+    async def with_a_slow_writer(self, *args, **kwargs):
+        writers.append(SlowWriter())
+        return [*(await state_save(self, *args, **kwargs) or ()), writers[-1]]
+
+    saver = Checkpointer(tmp_path, every=1, keep=5)
+    saver.save(small_state(1.0), 1)
+    saver.wait()
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", with_a_slow_writer)
+    monkeypatch.setattr(checkpoint, "_piece_digest", lambda array: (_ for _ in ()).throw(RuntimeError("failed")))
+    saver.save(small_state(2.0), 2)
+    with pytest.raises(RuntimeError, match="failed"):
+        saver.close()
+    assert len(writers) == 1 and writers[0].finished.is_set()
+
+
 # A process that saves step 1, then step 2 with a digest that never finishes, and waits to be killed.
 CRASH_BEFORE_THE_DIGESTS = """
 import pathlib, sys, threading

@@ -213,7 +213,24 @@ class _UnsealedRecord:
     pieces: dict[str, dict[str, np.ndarray]]
 
 
-class _IntegrityHandler(ocp.JsonCheckpointHandler):
+class _RecordsCommits:
+    """Appends the commit futures of each save to `commits` (a list the `Checkpointer` shares): when one item's
+    commit fails, orbax raises at once while the other items' writers run on, and they must finish before the
+    failed save's temporary directory can be removed (a writer still running recreates it)."""
+
+    commits: list
+
+    async def async_save(self, *args, **kwargs):
+        futures = await super().async_save(*args, **kwargs)
+        self.commits.extend(futures or ())
+        return futures
+
+
+class _StateHandler(_RecordsCommits, ocp.StandardCheckpointHandler):
+    """The `state` item: orbax's standard handler, its commits recorded."""
+
+
+class _IntegrityHandler(_RecordsCommits, ocp.JsonCheckpointHandler):
     """The `integrity` item: a JSON record (`metadata`) written by process 0, and in a multi-process save one
     file of digests per other process beside it (`shards.<p>.json`).
 
@@ -288,7 +305,9 @@ class Checkpointer:
         logging.getLogger("absl").addFilter(self._log_filter)
         self.remove_temporary()
         handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
-        state_handler, integrity_handler = ocp.StandardCheckpointHandler(), _IntegrityHandler()
+        state_handler, integrity_handler = _StateHandler(), _IntegrityHandler()
+        self._commits: list = []  # the commit futures of the save in flight
+        state_handler.commits = integrity_handler.commits = self._commits
         handlers.add("state", ocp.args.StandardSave, state_handler)
         handlers.add("state", ocp.args.StandardRestore, state_handler)
         # The JSON item's arguments, served by the subclass (orbax's global registry maps them to the base).
@@ -450,9 +469,19 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
+            self._settle()
             raise self._write_error(err) from None
         finally:
             self._in_flight = None
+            self._commits.clear()
+
+    def _settle(self) -> None:
+        """Waits for every writer of a failed save: orbax stops waiting at the first failed commit."""
+        for commit in self._commits:
+            try:
+                commit.result()
+            except Exception:  # noqa: BLE001, S110 - the first failure is the one raised; these are its echoes
+                pass
 
     def _write_error(self, err: Exception) -> Exception:
         cause = _os_error(err)
