@@ -469,7 +469,6 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - file system errors are restated, the rest re-raised
-            self._settle()
             raise self._write_error(err) from None
         finally:
             self._in_flight = None
@@ -484,6 +483,8 @@ class Checkpointer:
                 pass
 
     def _write_error(self, err: Exception) -> Exception:
+        """What to raise for a failed save, once every writer of it has finished."""
+        self._settle()
         cause = _os_error(err)
         if cause is None:
             return err
