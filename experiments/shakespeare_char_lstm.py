@@ -2,11 +2,11 @@
 
 Command: jaxarch run shakespeare-char-lstm
 Wall time: 3000 steps of 32 x 128 characters (one LSTM layer of 400, 776,290 params against the GPT's 818,176):
-634-885 s of training (n=3 seeds) on a 2-core Intel Xeon running other jobs beside them; at the 5.7-6.0 steps/s of
+634-1638 s of training (n=5 seeds) on a 2-core Intel Xeon running other jobs beside them; at the 5.7-6.0 steps/s of
 its quiet stretches, about 8.5 minutes.
-Expected: validation loss 1.531 +- 0.003 nats per character mean +- std over n=3 seeds (95% interval
-[1.525, 1.538]; 2.209 bits; `jaxarch sweep shakespeare-char-lstm --seeds 3`), against shakespeare-char-gpt's
-1.524 +- 0.009 at 2400 steps.
+Expected: validation loss 1.530 +- 0.005 nats per character mean +- std over n=5 seeds (95% interval
+[1.524, 1.536]; 2.207 bits; `jaxarch sweep shakespeare-char-lstm`), against shakespeare-char-gpt's
+1.521 +- 0.009 at 2400 steps.
 """
 
 from jaxarch.experiments import charlm_lstm
