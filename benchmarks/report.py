@@ -39,13 +39,18 @@ def header(result: dict) -> str:
         torch = (f"{result['torch']} ({result['torch_threads']} threads, {result['torch_device']}, "
                  f"OMP_WAIT_POLICY={result['torch_omp_wait_policy']}{', ' if allocators else ''}{allocators})")
     ceiling = result["matmul_ceiling"]
+    host = result.get("host")
+    host_text = "" if host is None else (
+        f" The machine's own speed (`benchmarks/host_probe.py`: a fixed loop pinned to each of {host['cpus_probed']} "
+        f"CPUs before every round): its slowest CPU ran at {100 * host['speed_min']:.0f}-"
+        f"{100 * host['speed_max']:.0f}% of the run's fastest.")
     return (f"Measured {result['date'][:10]} on {result['cpu']} ({result['cores']} cores), backend "
             f"{result['backend']} ({result['device']}), {result['dtype']}{' (--quick)' if result['quick'] else ''}; "
             f"jax {result['jax']}, flax {result['flax']}, torch {torch}; XLA_FLAGS `{result['xla_flags']}`"
             f"{'; huge pages for the heap' if result.get('huge_pages') else ''}. "
             f"Matmul ceiling {ceiling['gflops_per_second_min']:.0f}-{ceiling['gflops_per_second_max']:.0f} GFLOP/s "
             f"({ceiling['dtype']} [{ceiling['size']}, {ceiling['size']}] matmul, timed beside each workload; its "
-            "fractions are of that one).")
+            "fractions are of that one)." + host_text)
 
 
 def markdown(result: dict) -> str:
@@ -64,15 +69,18 @@ def markdown(result: dict) -> str:
                     for peer in measured["ratios"]})
     lines += ["", "spread: (slowest round - fastest round) / median, over the rounds that interleave a workload's "
               "implementations.", "",
-              "jaxarch's steps/s over each peer's (in brackets: the lowest and highest round's ratio), and the matmul "
-              "ceiling timed beside them (same run):", "",
-              "| family | size | shape | " + " | ".join(peers) + " | ceiling GFLOP/s |",
-              "|---|---|---|" + "---:|" * (len(peers) + 1)]
+              "jaxarch's steps/s over each peer's (in brackets: the lowest and highest round's ratio), the matmul "
+              "ceiling timed beside them (same run), and the machine's own speed over the workload's rounds (its "
+              "slowest CPU against the run's fastest probe):", "",
+              "| family | size | shape | " + " | ".join(peers) + " | ceiling GFLOP/s | host speed |",
+              "|---|---|---|" + "---:|" * (len(peers) + 2)]
     for family, entry in result["families"].items():
         for size, measured in entry["sizes"].items():
             ratios = [_ratio_text(measured, p) for p in peers]
+            host = measured.get("host_speed")
+            host = "-" if host is None else f"{100 * host[0]:.0f}-{100 * host[1]:.0f}%"
             lines.append(f"| {family} | {size} | {_shape_text(measured['shape'])} | " + " | ".join(ratios)
-                         + f" | {measured['matmul_ceiling_gflops_per_second']:.0f} |")
+                         + f" | {measured['matmul_ceiling_gflops_per_second']:.0f} | {host} |")
     if result.get("unsteady"):
         lines += ["", f"**Unsteady figures** (rounds more than {100 * SPREAD_WARNING:.0f}% apart; the machine was "
                   "busy or its state changed during the run, so rerun before quoting them):", ""]

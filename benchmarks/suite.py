@@ -49,7 +49,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxarch.benchmarks import curves, scaling
+from jaxarch.benchmarks import curves, host_probe, scaling
 from jaxarch.benchmarks import sweep as sweep_strategies
 from jaxarch.benchmarks.jax_models import IMPLEMENTATIONS, build_model, train_step
 from jaxarch.benchmarks.report import write_report
@@ -155,8 +155,11 @@ def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWor
             runs[name] = peer_worker.runner(name)
         except TorchWorkerError as error:
             errors[name] = str(error)
+    # The machine's own speed before each round, so that a spread it caused is told from the workload's.
+    host_seconds = []
     timings = time_runs_interleaved(runs, rounds=settings.rounds, repetitions=settings.repetitions,
-                                    warmup=1, target_seconds=settings.target_seconds)
+                                    warmup=1, target_seconds=settings.target_seconds,
+                                    before_round=lambda: host_seconds.append(host_probe.cpu_seconds()))
     for name, first in torch_first.items():  # its first step ran when it was built
         timings[name] = dataclasses.replace(timings[name], compile_seconds=first)
         peers[name][0].drop(name)
@@ -175,7 +178,33 @@ def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWor
         }
     return {"shape": work.shape, "train_flops": work.train_flops, "items_per_step": work.items_per_step,
             "matmul_ceiling_gflops_per_second": 2 * settings.ceiling_size ** 3 / ceiling.median_seconds / 1e9,
-            "results": results, "errors": errors}
+            "results": results, "errors": errors, "host_probe_seconds": host_seconds}
+
+
+def add_host_speeds(families: dict) -> dict | None:
+    """Sets each workload's `host_speed`, [lowest, highest] over its rounds of its slowest CPU's speed against the
+    run's fastest probe (`host_probe.slowest_cpu_speeds`), and returns the run's: the probe's fastest seconds and
+    the range over every round; None where the probe could not run."""
+    entries = [entry for by_size in families.values() for entry in by_size["sizes"].values()]
+    samples = [sample for entry in entries for sample in entry.get("host_probe_seconds", []) if sample]
+    if not samples:
+        return None
+    fastest = min(min(sample) for sample in samples)
+    for entry in entries:
+        speeds = host_probe.slowest_cpu_speeds(entry.get("host_probe_seconds", []), fastest)
+        entry["host_speed"] = [min(speeds), max(speeds)] if speeds else None
+    speeds = host_probe.slowest_cpu_speeds(samples, fastest)
+    return {"loop_seconds_fastest": fastest, "cpus_probed": max(len(sample) for sample in samples),
+            "samples": len(samples), "speed_min": min(speeds), "speed_max": max(speeds)}
+
+
+def host_unsteady(host: dict | None) -> list[str]:
+    """A line when the machine's own speed moved by more than `SPREAD_WARNING` during the run."""
+    if host is None or host["speed_max"] - host["speed_min"] <= SPREAD_WARNING:
+        return []
+    return [f"the machine itself: its slowest CPU ran at {100 * host['speed_min']:.0f}-{100 * host['speed_max']:.0f}% "
+            "of the run's fastest speed (a fixed loop pinned to each CPU before every round), so part of the "
+            "spreads above is the host's, not the workloads'"]
 
 
 def add_ratios(entry: dict, peak_flops: float | None) -> None:
@@ -295,6 +324,10 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
                     + f"; matmul ceiling {entry['matmul_ceiling_gflops_per_second']:.1f} GFLOP/s")
                 for line in unsteady({family: {"sizes": {size: entry}}}):
                     log(f"warning: unsteady: {line}; the machine was busy or its state changed during the run")
+                probe = host_probe.slowest_cpu_speeds(entry["host_probe_seconds"])
+                if probe and max(probe) - min(probe) > SPREAD_WARNING:
+                    log(f"warning: the machine's own speed moved during {family} {size}: its slowest CPU ran at "
+                        f"{100 * min(probe):.0f}-{100 * max(probe):.0f}% of the workload's fastest probe")
     finally:
         for each in (worker, mallopt_worker):
             if each is not None:
@@ -312,8 +345,9 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
             add_ratios(entry, peak)
             entries[size] = entry
         result["families"][family] = {"item_unit": work.item_unit, "sizes": entries}
+    result["host"] = add_host_speeds(result["families"])
     result["targets"] = evaluate_targets(result["families"], backend)
-    result["unsteady"] = unsteady(result["families"])
+    result["unsteady"] = unsteady(result["families"]) + host_unsteady(result["host"])
     if include_scaling:
         result["scaling"] = curves.run(quick=quick, dtype=dtype, log=log)
     if jax.device_count() > 1:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxarch.benchmarks import suite
+from jaxarch.benchmarks import host_probe, suite
 from jaxarch.benchmarks.report import markdown
 from jaxarch.benchmarks.timing import Timing, time_runs_interleaved
 from jaxarch.benchmarks.workloads import FAMILIES, forward_flops, shape_of, workload
@@ -59,6 +59,15 @@ def test_quick_suite_writes_every_family(tmp_path):
         assert set(measured["ratios"]) == {"jaxarch/flax"} and measured["ratios"]["jaxarch/flax"] > 0
         low, high = measured["ratio_ranges"]["jaxarch/flax"]
         assert 0 < low <= high
+        # The machine's speed, sampled on each CPU before each of the 2 rounds.
+        assert len(measured["host_probe_seconds"]) == 2
+        assert all(len(sample) == min(len(os.sched_getaffinity(0)), host_probe.MAX_CPUS) and min(sample) > 0
+                   for sample in measured["host_probe_seconds"])
+        assert 0 < measured["host_speed"][0] <= measured["host_speed"][1] <= 1
+    host = result["host"]
+    assert host["samples"] == 2 * len(FAMILIES) and 0 < host["speed_min"] <= host["speed_max"] <= 1
+    assert host["speed_max"] == max(entry["sizes"]["small"]["host_speed"][1]
+                                    for entry in result["families"].values())
     assert result["targets"] == []  # they are set at the reference size
     sequence, images = result["scaling"]["sequence_length"], result["scaling"]["image_size"]
     assert {(p["model"], p["time"]) for p in sequence["points"]} == {
@@ -206,8 +215,46 @@ def test_rounds_give_each_figure_its_spread_and_each_ratio_its_range():
         r.update(median_seconds=1 / r["steps_per_second"], compile_seconds=1.0, items_per_second=1.0)
     table = markdown({"families": families, "unsteady": suite.unsteady(families), "targets": [],
                       **_HEADER_FIELDS})
-    assert "| 1.00 (0.50-2.00) |" in table and "**Unsteady figures**" in table
+    assert "| 1.00 (0.50-2.00) | 10 | - |" in table and "**Unsteady figures**" in table
     assert "- conv reference jaxarch: rounds differ by 150% of the median" in table
+    entry["host_speed"] = [0.625, 1.0]
+    host = {"cpus_probed": 2, "speed_min": 0.625, "speed_max": 1.0}
+    table = markdown({"families": families, "unsteady": [], "targets": [], **_HEADER_FIELDS, "host": host})
+    assert "| 1.00 (0.50-2.00) | 10 | 62-100% |" in table
+    assert "its slowest CPU ran at 62-100% of the run's fastest." in table
+
+
+def test_the_host_probe_times_each_cpu_and_gives_the_thread_its_affinity_back():
+    allowed = os.sched_getaffinity(0)
+    seconds = host_probe.cpu_seconds(samples=2)
+    assert os.sched_getaffinity(0) == allowed
+    assert len(seconds) == min(len(allowed), host_probe.MAX_CPUS) and all(0 < s < 1 for s in seconds)
+    with pytest.raises(ValueError, match="samples is 0, expected at least 1"):
+        host_probe.cpu_seconds(samples=0)
+    # A sample's speed is its slowest CPU's against the fastest loop: a step on two threads waits for the slower.
+    assert host_probe.slowest_cpu_speeds([[1.0, 1.0], [1.0, 2.0], [], [0.5, 1.0]]) == [0.5, 0.25, 0.5]
+    assert host_probe.slowest_cpu_speeds([[2.0, 4.0]], fastest=1.0) == [0.25]
+    assert host_probe.slowest_cpu_speeds([[], []]) == []
+
+
+def test_a_run_whose_machine_changed_speed_says_so():
+    calls = []
+    time_runs_interleaved({"step": lambda count: [0.001] * count}, rounds=3, repetitions=2, warmup=0,
+                          before_round=lambda: calls.append(len(calls)))
+    assert calls == [0, 1, 2]  # once before each timed round
+    entry = {"results": {}, "host_probe_seconds": [[1.0, 1.0], [1.0, 1.6]]}
+    quiet = {"results": {}, "host_probe_seconds": [[1.0, 1.1], [1.0, 1.1]]}
+    families = {"conv": {"sizes": {"reference": entry}}, "lstm": {"sizes": {"reference": quiet}}}
+    host = suite.add_host_speeds(families)
+    assert host == {"loop_seconds_fastest": 1.0, "cpus_probed": 2, "samples": 4, "speed_min": 0.625,
+                    "speed_max": 1.0}
+    assert entry["host_speed"] == [0.625, 1.0] and np.allclose(quiet["host_speed"], [1 / 1.1] * 2)
+    assert suite.host_unsteady(host) == [
+        "the machine itself: its slowest CPU ran at 62-100% of the run's fastest speed (a fixed loop pinned to "
+        "each CPU before every round), so part of the spreads above is the host's, not the workloads'"]
+    assert suite.host_unsteady({**host, "speed_min": 0.95}) == [] and suite.host_unsteady(None) == []
+    # Where the probe could not run (no sched_setaffinity), the run has no host figures and says nothing.
+    assert suite.add_host_speeds({"conv": {"sizes": {"reference": {"host_probe_seconds": [[], []]}}}}) is None
 
 
 _HEADER_FIELDS = {"torch": None, "matmul_ceiling": {"gflops_per_second_min": 10.0, "gflops_per_second_max": 10.0,

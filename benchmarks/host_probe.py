@@ -1,0 +1,63 @@
+"""How fast the machine's own CPUs are running: a fixed loop timed on each CPU in turn.
+
+A figure's spread over a run's rounds has two causes that look alike: the workload's own variation, and the
+machine changing speed under it. On a virtual machine the second can be large and has nothing to do with the
+program: a vCPU's speed depends on what the host runs beside it. The probe tells them apart. It times a fixed
+pure-Python loop (no memory traffic, no library call, nothing jaxarch or XLA could change) pinned to each CPU the
+process may use, so a change in its time is the machine's. `jaxarch bench` samples it before every round
+(`benchmarks/suite.py`) and reports, for each workload and for the run, how fast the slowest CPU ran against the
+fastest sample of the run: a step on several threads waits for its slowest one.
+
+The measurements that led to it are in docs/performance/cpu.md ("The CNN step and the host's memory state").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+LOOP = 100_000  # additions: about 3 ms of CPython on a 2.4 GHz core
+SAMPLES = 3  # per CPU; the fastest counts, so that an interrupt does not read as a slow machine
+MAX_CPUS = 16  # probed per sample: the first of those the process may use, to bound a sample's cost
+
+
+def _loop_seconds() -> float:
+    start = time.perf_counter()
+    total = 0
+    for value in range(LOOP):
+        total += value
+    return time.perf_counter() - start
+
+
+def cpu_seconds(samples: int = SAMPLES) -> list[float]:
+    """The loop's seconds on each CPU this process may use (the fastest of `samples` runs on each), in the order
+    of the CPUs' numbers; empty where the platform cannot pin a thread to a CPU (not Linux).
+
+    Pins the calling thread only, and gives it back its affinity before returning: threads already started, such
+    as XLA's or a worker process's, are not moved.
+    """
+    if samples < 1:
+        raise ValueError(f"benchmarks.host_probe: samples is {samples}, expected at least 1")
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    allowed = os.sched_getaffinity(0)
+    seconds = []
+    try:
+        for cpu in sorted(allowed)[:MAX_CPUS]:
+            os.sched_setaffinity(0, {cpu})
+            seconds.append(min(_loop_seconds() for _ in range(samples)))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return seconds
+
+
+def slowest_cpu_speeds(samples: list[list[float]], fastest: float | None = None) -> list[float]:
+    """For each sample (`cpu_seconds`' list), its slowest CPU's speed as a fraction of `fastest` (the loop's
+    fastest seconds; default: the fastest in `samples`): 1.0 where every CPU ran as fast as the best seen, 0.5
+    where one took twice as long. Empty samples are skipped."""
+    samples = [sample for sample in samples if sample]
+    if not samples:
+        return []
+    if fastest is None:
+        fastest = min(min(sample) for sample in samples)
+    return [fastest / max(sample) for sample in samples]
