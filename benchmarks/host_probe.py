@@ -4,16 +4,23 @@ A figure's spread over a run's rounds has two causes that look alike: the worklo
 machine changing speed under it. On a virtual machine the second can be large and has nothing to do with the
 program: a vCPU's speed depends on what the host runs beside it. The probe tells them apart. It times a fixed
 pure-Python loop (no memory traffic, no library call, nothing jaxarch or XLA could change) pinned to each CPU the
-process may use, so a change in its time is the machine's. `jaxarch bench` samples it before every round
-(`benchmarks/suite.py`) and reports, for each workload and for the run, how fast the slowest CPU ran against the
-fastest sample of the run: a step on several threads waits for its slowest one.
+process may use, so a change in its time is the machine's: other jobs on it, or on a virtual machine the host's
+load. `jaxarch bench` samples it before each implementation's steps in every round (`benchmarks/suite.py`) and
+reports, for each implementation, each workload and the run, how fast the slowest CPU ran against the fastest
+sample of the run: a step on several threads waits for its slowest one.
 
 The measurements that led to it are in docs/performance/cpu.md ("The CNN step and the host's memory state").
+Watch a machine's speed for a while before trusting a benchmark on it:
+
+Command: python -m jaxarch.benchmarks.host_probe [--seconds 20] [--interval 0.5]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
 import time
 
 LOOP = 100_000  # additions: about 3 ms of CPython on a 2.4 GHz core
@@ -61,3 +68,29 @@ def slowest_cpu_speeds(samples: list[list[float]], fastest: float | None = None)
     if fastest is None:
         fastest = min(min(sample) for sample in samples)
     return [fastest / max(sample) for sample in samples]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to watch")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.interval < 0:
+        parser.error(f"seconds is {args.seconds} and interval {args.interval}, expected seconds > 0, interval >= 0")
+    samples, end = [], time.monotonic() + args.seconds
+    while not samples or time.monotonic() < end:
+        samples.append(cpu_seconds())
+        print(" ".join(f"{1e3 * seconds:.2f}" for seconds in samples[-1]), "ms", flush=True)
+        time.sleep(args.interval)
+    speeds = slowest_cpu_speeds(samples)
+    measured = [sample for sample in samples if sample]
+    result = {"samples": len(samples),
+              "loop_ms_fastest": 1e3 * min(min(sample) for sample in measured) if measured else None,
+              "slowest_cpu_speed_min": min(speeds, default=None),
+              "slowest_cpu_speed_median": statistics.median(speeds) if speeds else None}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,10 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _speed_text(speed_range) -> str:
+    return "-" if speed_range is None else f"{100 * speed_range[0]:.0f}-{100 * speed_range[1]:.0f}%"
+
+
 def _allocator(took, huge_pages=None) -> str:
     return ({None: "", False: "glibc's default allocator", True: "jaxarch's allocator settings"}[took]
             + (" with huge pages for the heap" if huge_pages else ""))
@@ -42,8 +46,8 @@ def header(result: dict) -> str:
     host = result.get("host")
     host_text = "" if host is None else (
         f" The machine's own speed (`benchmarks/host_probe.py`: a fixed loop pinned to each of {host['cpus_probed']} "
-        f"CPUs before every round): its slowest CPU ran at {100 * host['speed_min']:.0f}-"
-        f"{100 * host['speed_max']:.0f}% of the run's fastest.")
+        "CPUs before each implementation's steps in every round): its slowest CPU ran at "
+        f"{_speed_text([host['speed_min'], host['speed_max']])} of the run's fastest.")
     return (f"Measured {result['date'][:10]} on {result['cpu']} ({result['cores']} cores), backend "
             f"{result['backend']} ({result['device']}), {result['dtype']}{' (--quick)' if result['quick'] else ''}; "
             f"jax {result['jax']}, flax {result['flax']}, torch {torch}; XLA_FLAGS `{result['xla_flags']}`"
@@ -56,7 +60,7 @@ def header(result: dict) -> str:
 def markdown(result: dict) -> str:
     lines = [header(result), "",
              "| family | size | implementation | steps/s | spread | ms/step | first step s | items/s | GFLOP/s "
-             "| of ceiling |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| of ceiling | host speed |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for family, entry in result["families"].items():
         unit = entry["item_unit"]
         for size, measured in entry["sizes"].items():
@@ -64,21 +68,20 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {family} | {size} | {name} | {r['steps_per_second']:.2f} | "
                              f"{_percent(r.get('spread'))} | {1e3 * r['median_seconds']:.1f} | "
                              f"{r['compile_seconds']:.1f} | {r['items_per_second']:.0f} {unit} | {r['gflops_per_second']:.1f} | "
-                             f"{_percent(r['fraction_of_matmul_ceiling'])} |")
+                             f"{_percent(r['fraction_of_matmul_ceiling'])} | {_speed_text(r.get('host_speed'))} |")
     peers = sorted({peer for entry in result["families"].values() for measured in entry["sizes"].values()
                     for peer in measured["ratios"]})
     lines += ["", "spread: (slowest round - fastest round) / median, over the rounds that interleave a workload's "
-              "implementations.", "",
+              "implementations; host speed: the machine's own speed just before its steps in each round, its "
+              "slowest CPU against the run's fastest probe.", "",
               "jaxarch's steps/s over each peer's (in brackets: the lowest and highest round's ratio), the matmul "
-              "ceiling timed beside them (same run), and the machine's own speed over the workload's rounds (its "
-              "slowest CPU against the run's fastest probe):", "",
+              "ceiling timed beside them (same run), and the machine's own speed over the workload's rounds:", "",
               "| family | size | shape | " + " | ".join(peers) + " | ceiling GFLOP/s | host speed |",
               "|---|---|---|" + "---:|" * (len(peers) + 2)]
     for family, entry in result["families"].items():
         for size, measured in entry["sizes"].items():
             ratios = [_ratio_text(measured, p) for p in peers]
-            host = measured.get("host_speed")
-            host = "-" if host is None else f"{100 * host[0]:.0f}-{100 * host[1]:.0f}%"
+            host = _speed_text(measured.get("host_speed"))
             lines.append(f"| {family} | {size} | {_shape_text(measured['shape'])} | " + " | ".join(ratios)
                          + f" | {measured['matmul_ceiling_gflops_per_second']:.0f} | {host} |")
     if result.get("unsteady"):

@@ -22,7 +22,9 @@ the counted FLOPs (see `benchmarks/workloads.py`), and its fraction of the matmu
 `[n, n] @ [n, n]` matmul in the benchmark dtype, timed in the same rounds as the workload's steps (a ceiling
 measured apart read 35-45 GFLOP/s on a loaded 2-core CPU where the steps themselves reached 60, so each workload
 is held against the ceiling measured beside it). On a device whose peak is known (`PEAK_FLOPS`) the fraction of
-that peak is reported too: the model-FLOP utilisation.
+that peak is reported too: the model-FLOP utilisation. Before each implementation's steps in every round the
+suite also times a fixed loop on each CPU (`benchmarks/host_probe.py`), so that a run says how far the machine's
+own speed moved under each figure.
 
 Dtypes: float32 on CPU; on GPU and TPU bfloat16 compute with float32 parameters, and attention through cuDNN's
 fused kernel on GPUs where it supports the call (jaxarch's default implementation choice).
@@ -155,11 +157,12 @@ def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWor
             runs[name] = peer_worker.runner(name)
         except TorchWorkerError as error:
             errors[name] = str(error)
-    # The machine's own speed before each round, so that a spread it caused is told from the workload's.
-    host_seconds = []
+    # The machine's own speed just before each implementation's steps in each round, so that a spread it caused
+    # is told from the workload's, and a ratio from rounds where the machine slowed under one side only shows.
+    host_seconds = {name: [] for name in runs}
     timings = time_runs_interleaved(runs, rounds=settings.rounds, repetitions=settings.repetitions,
                                     warmup=1, target_seconds=settings.target_seconds,
-                                    before_round=lambda: host_seconds.append(host_probe.cpu_seconds()))
+                                    before_run=lambda name: host_seconds[name].append(host_probe.cpu_seconds()))
     for name, first in torch_first.items():  # its first step ran when it was built
         timings[name] = dataclasses.replace(timings[name], compile_seconds=first)
         peers[name][0].drop(name)
@@ -175,24 +178,35 @@ def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWor
             "spread": timing.spread,
             "items_per_second": work.items_per_step * timing.steps_per_second,
             "gflops_per_second": work.train_flops * timing.steps_per_second / 1e9,
+            "host_probe_seconds": host_seconds[name],
         }
     return {"shape": work.shape, "train_flops": work.train_flops, "items_per_step": work.items_per_step,
             "matmul_ceiling_gflops_per_second": 2 * settings.ceiling_size ** 3 / ceiling.median_seconds / 1e9,
-            "results": results, "errors": errors, "host_probe_seconds": host_seconds}
+            "results": results, "errors": errors}
+
+
+def _probe_samples(entry: dict) -> list[list[float]]:
+    return [sample for result in entry["results"].values() for sample in result.get("host_probe_seconds", [])]
+
+
+def _speed_range(samples: list[list[float]], fastest: float) -> list[float] | None:
+    speeds = host_probe.slowest_cpu_speeds(samples, fastest)
+    return [min(speeds), max(speeds)] if speeds else None
 
 
 def add_host_speeds(families: dict) -> dict | None:
-    """Sets each workload's `host_speed`, [lowest, highest] over its rounds of its slowest CPU's speed against the
-    run's fastest probe (`host_probe.slowest_cpu_speeds`), and returns the run's: the probe's fastest seconds and
-    the range over every round; None where the probe could not run."""
+    """Sets `host_speed` on each result and workload: [lowest, highest] over its rounds of the slowest CPU's speed
+    against the run's fastest probe (`host_probe.slowest_cpu_speeds`). Returns the run's: the probe's fastest
+    seconds and the range over every sample; None where the probe could not run."""
     entries = [entry for by_size in families.values() for entry in by_size["sizes"].values()]
-    samples = [sample for entry in entries for sample in entry.get("host_probe_seconds", []) if sample]
+    samples = [sample for entry in entries for sample in _probe_samples(entry) if sample]
     if not samples:
         return None
     fastest = min(min(sample) for sample in samples)
     for entry in entries:
-        speeds = host_probe.slowest_cpu_speeds(entry.get("host_probe_seconds", []), fastest)
-        entry["host_speed"] = [min(speeds), max(speeds)] if speeds else None
+        for result in entry["results"].values():
+            result["host_speed"] = _speed_range(result.get("host_probe_seconds", []), fastest)
+        entry["host_speed"] = _speed_range(_probe_samples(entry), fastest)
     speeds = host_probe.slowest_cpu_speeds(samples, fastest)
     return {"loop_seconds_fastest": fastest, "cpus_probed": max(len(sample) for sample in samples),
             "samples": len(samples), "speed_min": min(speeds), "speed_max": max(speeds)}
@@ -203,8 +217,8 @@ def host_unsteady(host: dict | None) -> list[str]:
     if host is None or host["speed_max"] - host["speed_min"] <= SPREAD_WARNING:
         return []
     return [f"the machine itself: its slowest CPU ran at {100 * host['speed_min']:.0f}-{100 * host['speed_max']:.0f}% "
-            "of the run's fastest speed (a fixed loop pinned to each CPU before every round), so part of the "
-            "spreads above is the host's, not the workloads'"]
+            "of the run's fastest speed (a fixed loop pinned to each CPU before each implementation's steps), so "
+            "part of the spreads above is the machine's, not the workloads'"]
 
 
 def add_ratios(entry: dict, peak_flops: float | None) -> None:
@@ -324,7 +338,7 @@ def run(families: Sequence[str] = FAMILIES, *, quick: bool = False, sizes: Seque
                     + f"; matmul ceiling {entry['matmul_ceiling_gflops_per_second']:.1f} GFLOP/s")
                 for line in unsteady({family: {"sizes": {size: entry}}}):
                     log(f"warning: unsteady: {line}; the machine was busy or its state changed during the run")
-                probe = host_probe.slowest_cpu_speeds(entry["host_probe_seconds"])
+                probe = host_probe.slowest_cpu_speeds(_probe_samples(entry))
                 if probe and max(probe) - min(probe) > SPREAD_WARNING:
                     log(f"warning: the machine's own speed moved during {family} {size}: its slowest CPU ran at "
                         f"{100 * min(probe):.0f}-{100 * max(probe):.0f}% of the workload's fastest probe")

@@ -88,10 +88,10 @@ def time_interleaved(steps: dict[str, Callable[[], None]], *, rounds: int = 5, r
 
 def time_runs_interleaved(runs: dict[str, Callable[[int], list[float]]], *, rounds: int = 5, repetitions: int = 4,
                           warmup: int = 2, target_seconds: float | None = None,
-                          before_round: Callable[[], None] | None = None) -> dict[str, Timing]:
+                          before_run: Callable[[str], None] | None = None) -> dict[str, Timing]:
     """`time_interleaved` for runs that time themselves: `runs[name](count)` runs `count` steps and returns each
-    one's seconds (a step in another process, say, timed there). `before_round` is called at the start of each
-    timed round (the suite samples the machine's own speed there, `benchmarks/host_probe.py`).
+    one's seconds (a step in another process, say, timed there). `before_run(name)` is called before each run's
+    calls in each timed round (the suite samples the machine's own speed there, `benchmarks/host_probe.py`).
 
     With `target_seconds`, each run gets about that much timed work in all: `ceil(target / (rounds * warm-up
     median))` calls a round, at least 2 and at most `repetitions`, so slow steps are not repeated for minutes.
@@ -110,9 +110,9 @@ def time_runs_interleaved(runs: dict[str, Callable[[int], list[float]]], *, roun
     times: dict[str, list[float]] = {name: [] for name in runs}
     round_seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        if before_round is not None:
-            before_round()
         for name, run in runs.items():
+            if before_run is not None:
+                before_run(name)
             this_round = run(per_round[name])
             times[name] += this_round
             round_seconds[name].append(statistics.median(this_round))

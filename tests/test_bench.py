@@ -25,7 +25,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 HUGE_PAGES = huge_pages_in_use({"GLIBC_TUNABLES": HUGE_PAGES_TUNABLE})  # whether glibc and the kernel have them
 RESULT_KEYS = {"steps_per_second", "median_seconds", "compile_seconds", "repetitions", "round_steps_per_second",
                "spread", "items_per_second", "gflops_per_second", "fraction_of_matmul_ceiling",
-               "model_flops_utilization"}
+               "model_flops_utilization", "host_probe_seconds", "host_speed"}
 
 
 def test_quick_suite_writes_every_family(tmp_path):
@@ -53,19 +53,21 @@ def test_quick_suite_writes_every_family(tmp_path):
         for name, r in measured["results"].items():
             assert set(r) == RESULT_KEYS, (family, name)
             assert all(r[key] > 0 for key in RESULT_KEYS - {"model_flops_utilization", "round_steps_per_second",
-                                                            "spread"}), (family, name)
+                                                            "spread", "host_probe_seconds", "host_speed"}), (family, name)
             assert len(r["round_steps_per_second"]) >= 2 and r["spread"] >= 0, (family, name)
             assert min(r["round_steps_per_second"]) <= r["steps_per_second"] <= max(r["round_steps_per_second"])
+            # The machine's speed, sampled on each CPU before its steps in each of the 2 rounds.
+            assert len(r["host_probe_seconds"]) == 2
+            assert all(len(sample) == min(len(os.sched_getaffinity(0)), host_probe.MAX_CPUS) and min(sample) > 0
+                       for sample in r["host_probe_seconds"])
+            assert 0 < r["host_speed"][0] <= r["host_speed"][1] <= 1
         assert set(measured["ratios"]) == {"jaxarch/flax"} and measured["ratios"]["jaxarch/flax"] > 0
         low, high = measured["ratio_ranges"]["jaxarch/flax"]
         assert 0 < low <= high
-        # The machine's speed, sampled on each CPU before each of the 2 rounds.
-        assert len(measured["host_probe_seconds"]) == 2
-        assert all(len(sample) == min(len(os.sched_getaffinity(0)), host_probe.MAX_CPUS) and min(sample) > 0
-                   for sample in measured["host_probe_seconds"])
-        assert 0 < measured["host_speed"][0] <= measured["host_speed"][1] <= 1
+        assert measured["host_speed"] == [min(r["host_speed"][0] for r in measured["results"].values()),
+                                          max(r["host_speed"][1] for r in measured["results"].values())]
     host = result["host"]
-    assert host["samples"] == 2 * len(FAMILIES) and 0 < host["speed_min"] <= host["speed_max"] <= 1
+    assert host["samples"] == 2 * 2 * len(FAMILIES) and 0 < host["speed_min"] <= host["speed_max"] <= 1
     assert host["speed_max"] == max(entry["sizes"]["small"]["host_speed"][1]
                                     for entry in result["families"].values())
     assert result["targets"] == []  # they are set at the reference size
@@ -220,7 +222,7 @@ def test_rounds_give_each_figure_its_spread_and_each_ratio_its_range():
     entry["host_speed"] = [0.625, 1.0]
     host = {"cpus_probed": 2, "speed_min": 0.625, "speed_max": 1.0}
     table = markdown({"families": families, "unsteady": [], "targets": [], **_HEADER_FIELDS, "host": host})
-    assert "| 1.00 (0.50-2.00) | 10 | 62-100% |" in table
+    assert "| 1.00 (0.50-2.00) | 10 | 62-100% |" in table and "| 10.0% | - |" in table  # no result's speed
     assert "its slowest CPU ran at 62-100% of the run's fastest." in table
 
 
@@ -235,26 +237,33 @@ def test_the_host_probe_times_each_cpu_and_gives_the_thread_its_affinity_back():
     assert host_probe.slowest_cpu_speeds([[1.0, 1.0], [1.0, 2.0], [], [0.5, 1.0]]) == [0.5, 0.25, 0.5]
     assert host_probe.slowest_cpu_speeds([[2.0, 4.0]], fastest=1.0) == [0.25]
     assert host_probe.slowest_cpu_speeds([[], []]) == []
+    watched = host_probe.main(["--seconds", "0.05", "--interval", "0"])
+    assert watched["samples"] >= 1 and 0 < watched["slowest_cpu_speed_min"] <= 1
 
 
 def test_a_run_whose_machine_changed_speed_says_so():
     calls = []
-    time_runs_interleaved({"step": lambda count: [0.001] * count}, rounds=3, repetitions=2, warmup=0,
-                          before_round=lambda: calls.append(len(calls)))
-    assert calls == [0, 1, 2]  # once before each timed round
-    entry = {"results": {}, "host_probe_seconds": [[1.0, 1.0], [1.0, 1.6]]}
-    quiet = {"results": {}, "host_probe_seconds": [[1.0, 1.1], [1.0, 1.1]]}
+    time_runs_interleaved({"a": lambda count: [0.001] * count, "b": lambda count: [0.002] * count}, rounds=2,
+                          repetitions=2, warmup=0, before_run=calls.append)
+    assert calls == ["a", "b", "a", "b"]  # before each run's steps in each timed round
+    # The machine slowed under "ours" in its second round only.
+    entry = {"results": {"ours": {"host_probe_seconds": [[1.0, 1.0], [1.0, 1.6]]},
+                         "peer": {"host_probe_seconds": [[1.0, 1.0], [1.0, 1.0]]}}}
+    quiet = {"results": {"ours": {"host_probe_seconds": [[1.0, 1.1], [1.0, 1.1]]}}}
     families = {"conv": {"sizes": {"reference": entry}}, "lstm": {"sizes": {"reference": quiet}}}
     host = suite.add_host_speeds(families)
-    assert host == {"loop_seconds_fastest": 1.0, "cpus_probed": 2, "samples": 4, "speed_min": 0.625,
+    assert host == {"loop_seconds_fastest": 1.0, "cpus_probed": 2, "samples": 6, "speed_min": 0.625,
                     "speed_max": 1.0}
+    assert entry["results"]["ours"]["host_speed"] == [0.625, 1.0] and entry["results"]["peer"]["host_speed"] == [1, 1]
     assert entry["host_speed"] == [0.625, 1.0] and np.allclose(quiet["host_speed"], [1 / 1.1] * 2)
     assert suite.host_unsteady(host) == [
         "the machine itself: its slowest CPU ran at 62-100% of the run's fastest speed (a fixed loop pinned to "
-        "each CPU before every round), so part of the spreads above is the host's, not the workloads'"]
+        "each CPU before each implementation's steps), so part of the spreads above is the machine's, not the "
+        "workloads'"]
     assert suite.host_unsteady({**host, "speed_min": 0.95}) == [] and suite.host_unsteady(None) == []
     # Where the probe could not run (no sched_setaffinity), the run has no host figures and says nothing.
-    assert suite.add_host_speeds({"conv": {"sizes": {"reference": {"host_probe_seconds": [[], []]}}}}) is None
+    assert suite.add_host_speeds({"conv": {"sizes": {"reference": {"results": {"ours": {
+        "host_probe_seconds": [[], []]}}}}}}) is None
 
 
 _HEADER_FIELDS = {"torch": None, "matmul_ceiling": {"gflops_per_second_min": 10.0, "gflops_per_second_max": 10.0,
