@@ -157,8 +157,8 @@ def measure_workload(work: Workload, dtype, settings: Settings, worker: TorchWor
             runs[name] = peer_worker.runner(name)
         except TorchWorkerError as error:
             errors[name] = str(error)
-    # The machine's own speed just before each implementation's steps in each round, so that a spread it caused
-    # is told from the workload's, and a ratio from rounds where the machine slowed under one side only shows.
+    # The machine's own speed just before each implementation's steps in each round, so that a spread the machine
+    # caused can be told from the implementation's own.
     host_seconds = {name: [] for name in runs}
     timings = time_runs_interleaved(runs, rounds=settings.rounds, repetitions=settings.repetitions,
                                     warmup=1, target_seconds=settings.target_seconds,
