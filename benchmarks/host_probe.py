@@ -2,12 +2,14 @@
 
 A figure's spread over a run's rounds has two causes that look alike: the workload's own variation, and the
 machine changing speed under it. On a virtual machine the second can be large and has nothing to do with the
-program: a vCPU's speed depends on what the host runs beside it. The probe tells them apart. It times a fixed
-pure-Python loop (no memory traffic, no library call, nothing jaxarch or XLA could change) pinned to each CPU the
-process may use, so a change in its time is the machine's: other jobs on it, or on a virtual machine the host's
-load. `jaxarch bench` samples it before each implementation's steps in every round (`benchmarks/suite.py`) and
-reports, for each implementation, each workload and the run, how fast the slowest CPU ran against the fastest
-sample of the run: a step on several threads waits for its slowest one.
+program: a vCPU's speed depends on what the host runs beside it. The probe shows whether the machine moved. It
+times a fixed pure-Python loop (no memory traffic, no library call, nothing jaxarch or XLA could change) pinned to
+each CPU the process may use, so a change in its time is the machine's: other jobs on it, or on a virtual machine
+the host's load. `jaxarch bench` samples it before each implementation's steps in every round
+(`benchmarks/suite.py`) and reports, for each implementation, each workload and the run, how fast the slowest CPU
+ran against the fastest sample of the run: a step on several threads waits for its slowest one. A sample is an
+instant, and a host's speed can change within a round, so it says that the machine moved, not by how much each
+figure moved with it.
 
 The measurements that led to it are in docs/performance/cpu.md ("The CNN step and the host's memory state").
 Watch a machine's speed for a while before trusting a benchmark on it:
