@@ -20,7 +20,7 @@ from jaxarch.cli import main
 from jaxarch.train import sweep
 from jaxarch.train.configure import override_config
 from jaxarch.train.loop import train_and_evaluate
-from jaxarch.train.stats import describe, format_spread
+from jaxarch.train.stats import describe, format_interval, format_spread
 from jaxarch.train.sweep import parse_grid, split_values, summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -295,6 +295,8 @@ def test_describe_is_the_student_t_interval():
     one = describe([0.5])
     assert (one["std"], one["ci_low"], one["ci_high"], one["n"]) == (None, None, None, 1)
     assert format_spread(describe([0.979, 0.981]), 100) == "98.0 +- 0.1 (n=2)"
+    assert format_interval(one) == format_interval(one, spec=".4g") == "-"
+    assert format_interval(stats, 10, spec=".3g") == f"[{10 * stats['ci_low']:.3g}, {10 * stats['ci_high']:.3g}]"
     with pytest.raises(ValueError, match="no values"):
         describe([])
 

@@ -37,8 +37,10 @@ def format_spread(summary: dict, scale: float = 1.0, digits: int = 1, unit: str 
     return f"{mean} +- {scale * summary['std']:.{digits}f}{unit} (n={summary['n']})"
 
 
-def format_interval(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
-    """"[97.3, 98.5]", the confidence interval; "-" when it is unknown (one value)."""
+def format_interval(summary: dict, scale: float = 1.0, digits: int = 1, spec: str | None = None) -> str:
+    """"[97.3, 98.5]", the confidence interval, its ends in the format `spec` (default `digits` decimals); "-" when
+    it is unknown (one value)."""
     if summary["ci_low"] is None:
         return "-"
-    return f"[{scale * summary['ci_low']:.{digits}f}, {scale * summary['ci_high']:.{digits}f}]"
+    spec = spec or f".{digits}f"
+    return f"[{scale * summary['ci_low']:{spec}}, {scale * summary['ci_high']:{spec}}]"

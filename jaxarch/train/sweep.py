@@ -321,12 +321,6 @@ def _scale(metric: str) -> tuple[float, str, str]:
     return (100.0, ".2f", "%") if metric.endswith("accuracy") else (1.0, ".4g", "")
 
 
-def _interval(stats: dict, scale: float, spec: str) -> str:
-    if stats["ci_low"] is None:
-        return format_interval(stats)  # one value: the interval is unknown
-    return f"[{_number(stats['ci_low'], scale, spec)}, {_number(stats['ci_high'], scale, spec)}]"
-
-
 def summary_markdown(summary: dict, command: str | None = None) -> str:
     """Each grid point's metrics (mean, std, 95% interval, min, max, n) and its per-seed table."""
     lines = [f"# Sweep: {summary['experiment']}", ""]
@@ -343,7 +337,7 @@ def summary_markdown(summary: dict, command: str | None = None) -> str:
         for metric, stats in point["metrics"].items():
             scale, spec, unit = _scale(metric)
             lines.append(f"| {metric}{' (%)' if unit else ''} | {_number(stats['mean'], scale, spec)} | "
-                         f"{_number(stats['std'], scale, spec)} | {_interval(stats, scale, spec)} | "
+                         f"{_number(stats['std'], scale, spec)} | {format_interval(stats, scale, spec=spec)} | "
                          f"{_number(stats['min'], scale, spec)} | {_number(stats['max'], scale, spec)} | "
                          f"{stats['n']} |")
         for field, stats in point["timing"].items():
